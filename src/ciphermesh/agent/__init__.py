@@ -1,0 +1,1 @@
+"""The per-node agent: registers, watches, plans and applies the datapath."""

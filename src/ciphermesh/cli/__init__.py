@@ -1,0 +1,1 @@
+"""Command line: thin parsers that call one layer and print."""

@@ -1,0 +1,43 @@
+"""The `ciphermesh` command: builds the parser from each command module and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ciphermesh import __version__
+from ciphermesh.cli import values
+from ciphermesh.cli.errors import CliError
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+# Each module adds its own subcommands; a handler is stored as `func` on the parsed namespace.
+COMMAND_MODULES: tuple[Register, ...] = (values.register,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ciphermesh", description="Transparent encryption for pod networks (Cilium-compatible)."
+    )
+    parser.add_argument("--version", action="version", version=f"ciphermesh {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMAND_MODULES:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args) or 0)
+    except CliError as exc:
+        print(f"ciphermesh: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

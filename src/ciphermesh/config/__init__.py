@@ -1,0 +1,6 @@
+"""The values tree: Helm-style settings with Cilium's names and defaults."""
+
+from ciphermesh.config.schema import SETTINGS, Kind, Setting
+from ciphermesh.config.values import Values, ValuesError, load_values, parse_duration
+
+__all__ = ["SETTINGS", "Kind", "Setting", "Values", "ValuesError", "load_values", "parse_duration"]

@@ -1,0 +1,1 @@
+"""Sans-IO key handling: the Cilium key secret, per-tunnel derivation, generation."""

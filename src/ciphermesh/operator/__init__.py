@@ -1,0 +1,1 @@
+"""Cluster-wide controllers: cluster-pool IPAM and garbage collection."""

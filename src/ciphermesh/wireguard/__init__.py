@@ -1,0 +1,1 @@
+"""Sans-IO WireGuard: Noise_IKpsk2 handshake, transport, timers."""
