@@ -1,0 +1,128 @@
+"""The lab's long-running processes: start detached, find again by pid file, stop for sure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ciphermesh.lab.state import write_private
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks: with the pid, it tells a process from a later reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def start_daemon(
+    argv: Sequence[str],
+    *,
+    pidfile: Path,
+    log: Path,
+    netns: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start `argv` in its own session (inside `netns` if given), output to `log`; return its pid."""
+    command = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            close_fds=True,
+        )
+    write_private(pidfile, f"{process.pid} {_start_time(process.pid) or '-'}\n")
+    return process.pid
+
+
+def read_pidfile(pidfile: Path) -> int | None:
+    """The pid in `pidfile` if that very process still runs."""
+    try:
+        pid_text, started = pidfile.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    current = _start_time(pid)
+    if current is None or started not in ("-", current):
+        return None
+    return pid
+
+
+def pid_alive(pid: int) -> bool:
+    return _start_time(pid) is not None
+
+
+def stop_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def stop_daemon(pidfile: Path, timeout: float = 5.0) -> None:
+    """Stop the process of `pidfile` (if it still runs) and remove the file."""
+    pid = read_pidfile(pidfile)
+    if pid is not None:
+        stop_pid(pid, timeout)
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+
+
+def pids_in_netns(netns: str) -> list[int]:
+    """Every process whose network namespace is the named one (as `ip netns pids` finds them)."""
+    try:
+        target = os.stat(f"/run/netns/{netns}")
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            info = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+            found.append(int(entry))
+    return found
+
+
+def kill_netns_processes(netns: str, timeout: float = 3.0) -> None:
+    """Stop everything still running inside `netns`, so the namespace can really go away."""
+    pids = pids_in_netns(netns)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
