@@ -1,0 +1,178 @@
+"""Node health as Cilium's does it: an HTTP `GET /hello` on routerIP:4240 and ICMP, probed per peer."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+HEALTH_PORT = 4240
+PROBE_INTERVAL = 15.0
+
+
+class _HelloHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path != "/hello":
+            self.send_error(404)
+            return
+        body = b"hello\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Probes arrive every few seconds from every peer: keep them out of the agent's log."""
+
+
+class HealthServer:
+    """Answers `GET /hello` on the node's router IP, as cilium-health's endpoint does."""
+
+    def __init__(self, address: str, port: int = HEALTH_PORT) -> None:
+        self._server = http.server.ThreadingHTTPServer((address, port), _HelloHandler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def probe_http(address: str, port: int = HEALTH_PORT, timeout: float = 2.0) -> float | None:
+    """Round trip of one `GET /hello` in seconds, or None if it failed."""
+    start = time.monotonic()
+    connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        connection.request("GET", "/hello")
+        response = connection.getresponse()
+        ok = response.status == 200 and response.read() == b"hello\n"
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    return time.monotonic() - start if ok else None
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def probe_icmp(address: str, timeout: float = 2.0, source: str | None = None) -> float | None:
+    """Round trip of one ICMP echo in seconds, or None without a reply."""
+    ident = os.getpid() & 0xFFFF
+    seq = int(time.monotonic() * 1000) & 0xFFFF
+    payload = b"ciphermesh-health"
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        if source:
+            sock.bind((source, 0))
+        start = time.monotonic()
+        try:
+            sock.sendto(packet, (address, 0))
+        except OSError:
+            return None
+        deadline = start + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                break
+            data, (peer, _) = sock.recvfrom(2048)
+            ihl = (data[0] & 0x0F) * 4
+            if peer != address or len(data) < ihl + 8:
+                continue
+            kind, _, _, reply_ident, reply_seq = struct.unpack_from("!BBHHH", data, ihl)
+            if kind == 0 and reply_ident == ident and reply_seq == seq:
+                return time.monotonic() - start
+    return None
+
+
+@dataclass(frozen=True)
+class PeerHealth:
+    """The last probe of one peer."""
+
+    node: str
+    address: str
+    http_rtt: float | None
+    icmp_rtt: float | None
+    probed_at: float
+
+    @property
+    def reachable(self) -> bool:
+        return self.http_rtt is not None and self.icmp_rtt is not None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "address": self.address,
+            "reachable": self.reachable,
+            "httpRTTms": None if self.http_rtt is None else round(self.http_rtt * 1000, 3),
+            "icmpRTTms": None if self.icmp_rtt is None else round(self.icmp_rtt * 1000, 3),
+            "probedAt": self.probed_at,
+        }
+
+
+class HealthProber:
+    """Probes every peer's health endpoint on a fixed interval, or at once when asked."""
+
+    def __init__(
+        self,
+        peers: Callable[[], Iterable[tuple[str, str]]],
+        *,
+        source: str | None = None,
+        interval: float = PROBE_INTERVAL,
+    ) -> None:
+        self._peers = peers
+        self._source = source
+        self._interval = interval
+        self._results: dict[str, PeerHealth] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def probe_now(self) -> None:
+        self._wake.set()
+
+    def results(self) -> list[PeerHealth]:
+        return sorted(self._results.values(), key=lambda result: result.node)
+
+    def probe_all(self) -> None:
+        # A new dict, swapped in whole, so `results()` from another thread never sees it half-built.
+        self._results = {
+            node: PeerHealth(
+                node, address, probe_http(address), probe_icmp(address, source=self._source), time.time()
+            )
+            for node, address in dict(self._peers()).items()
+        }
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.probe_all()
+            # Until every peer answers, probe again soon: a node coming up should not wait 15 s to see it.
+            healthy = bool(self._results) and all(r.reachable for r in self._results.values())
+            self._wake.wait(self._interval if healthy else 1.0)
+            self._wake.clear()
