@@ -1,1 +1,32 @@
 """Sans-IO key handling: the Cilium key secret, per-tunnel derivation, generation."""
+
+from ciphermesh.keys.derive import canonical_ip, derive_tunnel_key
+from ciphermesh.keys.generate import ALGO_CHOICES, generate_line, next_key_id
+from ciphermesh.keys.line import (
+    AeadKey,
+    AuthEncKey,
+    KeyLine,
+    KeyLineError,
+    KeyMaterial,
+    parse_line,
+    parse_secret,
+)
+from ciphermesh.keys.secret_bytes import SecretBytes
+from ciphermesh.keys.wireshark import esp_sa_entry
+
+__all__ = [
+    "ALGO_CHOICES",
+    "AeadKey",
+    "AuthEncKey",
+    "KeyLine",
+    "KeyLineError",
+    "KeyMaterial",
+    "SecretBytes",
+    "canonical_ip",
+    "derive_tunnel_key",
+    "esp_sa_entry",
+    "generate_line",
+    "next_key_id",
+    "parse_line",
+    "parse_secret",
+]
