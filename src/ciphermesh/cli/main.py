@@ -7,13 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ciphermesh import __version__
-from ciphermesh.cli import values
+from ciphermesh.cli import encryption, values
 from ciphermesh.cli.errors import CliError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # Each module adds its own subcommands; a handler is stored as `func` on the parsed namespace.
-COMMAND_MODULES: tuple[Register, ...] = (values.register,)
+COMMAND_MODULES: tuple[Register, ...] = (encryption.register, values.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
