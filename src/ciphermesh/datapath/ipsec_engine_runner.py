@@ -1,0 +1,122 @@
+"""Run one userspace IPsec engine as a process, its desired state in a file, controlled over a unix socket.
+
+`python -m ciphermesh.datapath.ipsec_engine_runner --state S.json --tun cm_ipsec --control C.sock`
+opens (or creates) the TUN device and the raw ESP socket, applies the state and moves packets until
+SIGTERM/SIGINT. The control socket takes one line per connection, `status` or `reload` (re-read the
+state file and apply it), and answers one JSON line. For tests and benchmarks; the agent embeds the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ciphermesh.datapath.ipsec_engine import (
+    DEFAULT_BATCH,
+    DEFAULT_SOCKET_BUFFER,
+    IPsecEngine,
+    open_esp_socket,
+)
+from ciphermesh.datapath.ipsec_state_file import StateFileError, read_state_file
+from ciphermesh.datapath.tun import TunDevice
+
+_PROG = "ipsec-engine"
+
+
+class _ControlServer(socketserver.UnixStreamServer):
+    def __init__(self, path: Path, engine: IPsecEngine, state_path: Path) -> None:
+        self.engine = engine
+        self.state_path = state_path
+        super().__init__(str(path), _ControlHandler)
+
+
+class _ControlHandler(socketserver.StreamRequestHandler):
+    server: _ControlServer
+
+    def handle(self) -> None:
+        command = self.rfile.readline(256).decode(errors="replace").strip()
+        self.wfile.write(json.dumps(self._answer(command)).encode() + b"\n")
+
+    def _answer(self, command: str) -> dict[str, Any]:
+        if command == "status":
+            return self.server.engine.status()
+        if command == "reload":
+            try:
+                self.server.engine.apply(read_state_file(self.server.state_path))
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command[:40]!r}; use status or reload"}
+
+
+def control_request(path: Path, command: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Send one command to a running engine's control socket and return its JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        with sock.makefile("rb") as answer:
+            result: dict[str, Any] = json.loads(answer.readline())
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--state", type=Path, required=True, help="desired state file (JSON, mode 0600)")
+    parser.add_argument("--tun", required=True, help="TUN device to open, created if missing")
+    parser.add_argument("--control", type=Path, required=True, help="unix socket path for status/reload")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="packets per source and wakeup")
+    parser.add_argument(
+        "--socket-buffer", type=int, default=DEFAULT_SOCKET_BUFFER, help="raw socket buffer sizes (bytes)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        state = read_state_file(args.state)
+        tun = TunDevice(args.tun)
+    except (StateFileError, OSError, ValueError) as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        engine = IPsecEngine(tun, esp_socket=open_esp_socket(args.socket_buffer), batch=args.batch)
+    except (OSError, ValueError) as exc:
+        tun.close()
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 1
+    with engine:
+        try:
+            engine.apply(state)
+            args.control.unlink(missing_ok=True)
+            server = _ControlServer(args.control, engine, args.state)
+        except (OSError, ValueError) as exc:
+            print(f"{_PROG}: {exc}", file=sys.stderr)
+            return 1
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        control = threading.Thread(target=server.serve_forever, name="control", daemon=True)
+        control.start()
+        print(f"{_PROG}: ready on {tun.name}, control {args.control}", file=sys.stderr, flush=True)
+        try:
+            engine.run(stop)
+        finally:
+            server.shutdown()
+            server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                args.control.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""What the userspace IPsec engine should do: the local router IP and, per peer, its prefixes and SA keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from types import MappingProxyType
+
+from ciphermesh.keys import KeyLine
+
+MIN_SPI = 1  # RFC 4303 2.1: SPI 0 is reserved for local use and never goes on the wire
+MAX_SPI = 0xFFFFFFFF
+
+PodCIDR = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class IPsecPeer:
+    """One remote node: where its ESP goes, which inner prefixes it owns, and its SA keys (already derived).
+
+    `out_key` is the key for local -> peer under `out_spi` (both None: no outbound SA, packets are dropped);
+    `in_keys` maps each SPI the peer may send under to the key for peer -> local (two during a rotation).
+    """
+
+    router_ip: IPv4Address
+    pod_cidrs: tuple[PodCIDR, ...]
+    out_spi: int | None
+    out_key: KeyLine | None
+    in_keys: Mapping[int, KeyLine]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.router_ip, IPv4Address):
+            raise ValueError(f"peer router IP {self.router_ip!r}: the engine's outer header is IPv4 only")
+        cidrs = tuple(self.pod_cidrs)
+        if not cidrs:
+            raise ValueError(f"peer {self.router_ip}: no pod CIDRs")
+        for cidr in cidrs:
+            if not isinstance(cidr, IPv4Network | IPv6Network):
+                raise ValueError(f"peer {self.router_ip}: pod CIDR {cidr!r} is not an IP network")
+        if (self.out_spi is None) != (self.out_key is None):
+            raise ValueError(f"peer {self.router_ip}: out_spi and out_key must be given together")
+        if self.out_spi is not None:
+            _check_spi(self.router_ip, "outbound", self.out_spi)
+        in_keys = dict(self.in_keys)
+        for spi in in_keys:
+            _check_spi(self.router_ip, "inbound", spi)
+        object.__setattr__(self, "pod_cidrs", cidrs)
+        object.__setattr__(self, "in_keys", MappingProxyType(in_keys))
+
+
+@dataclass(frozen=True)
+class IPsecEngineState:
+    """The whole desired state: the local router IP (outer source) and every peer."""
+
+    local_router_ip: IPv4Address
+    peers: tuple[IPsecPeer, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.local_router_ip, IPv4Address):
+            raise ValueError(
+                f"local router IP {self.local_router_ip!r}: the engine's outer header is IPv4 only"
+            )
+        peers = tuple(self.peers)
+        _check_peers(self.local_router_ip, peers)
+        object.__setattr__(self, "peers", peers)
+
+
+def _check_spi(router_ip: IPv4Address, direction: str, spi: object) -> None:
+    if not isinstance(spi, int) or not MIN_SPI <= spi <= MAX_SPI:
+        raise ValueError(f"peer {router_ip}: {direction} SPI {spi!r} is not in {MIN_SPI}..{MAX_SPI}")
+
+
+def _check_peers(local: IPv4Address, peers: Iterable[IPsecPeer]) -> None:
+    routers: set[IPv4Address] = set()
+    prefixes: list[tuple[PodCIDR, IPv4Address]] = []
+    for peer in peers:
+        if peer.router_ip == local:
+            raise ValueError(f"peer router IP {peer.router_ip} is the local router IP")
+        if peer.router_ip in routers:
+            raise ValueError(f"peer router IP {peer.router_ip} appears twice")
+        routers.add(peer.router_ip)
+        for cidr in peer.pod_cidrs:
+            for other, owner in prefixes:
+                if cidr.version == other.version and cidr.overlaps(other):
+                    raise ValueError(
+                        f"pod CIDR {cidr} of peer {peer.router_ip} overlaps {other} of peer {owner}"
+                    )
+            prefixes.append((cidr, peer.router_ip))
