@@ -1,0 +1,242 @@
+"""The operator's IPAM loop: give every node a pod CIDR from the cluster pool, release the CIDRs of
+nodes that are gone, and write why into a node's record when it cannot have one.
+
+Level-triggered: each pass reads every node and allocation afresh and writes only with
+compare-and-swap, so several operators may run at once; a pass that lost a race runs again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+
+from ciphermesh.operator.ipam import ClusterPool
+from ciphermesh.store.base import DEFAULT_NODE_TTL, Registration, Store, StoreError, StoreEvent, Versioned
+from ciphermesh.store.model import IPAMAllocation, Node, OperatorRecord
+from ciphermesh.store.stream import EventStream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESYNC_INTERVAL = 30.0
+_POLL = 0.5
+_COALESCE = 0.05
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The operator's settings as plain values (Helm names in the comments)."""
+
+    cluster_pool_ipv4_cidrs: tuple[str, ...] = ("10.0.0.0/8",)  # ipam.operator.clusterPoolIPv4PodCIDRList
+    cluster_pool_ipv4_mask_size: int = 24  # ipam.operator.clusterPoolIPv4MaskSize
+    operator_id: str = field(default_factory=lambda: f"operator-{os.getpid()}")
+    lease_ttl: int = DEFAULT_NODE_TTL
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL
+
+
+@dataclass
+class PassReport:
+    """What one reconcile pass did; `conflicts` counts writes that lost a race (run again)."""
+
+    assigned: dict[str, str] = field(default_factory=dict)
+    released: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    conflicts: int = 0
+
+
+def _natural(name: str) -> tuple[object, ...]:
+    """node-2 before node-10, so that nodes are served in the order people number them."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _ipv4_cidr(node: Node) -> IPv4Network | None:
+    for cidr in node.pod_cidrs:
+        network = ipaddress.ip_network(cidr)
+        if isinstance(network, IPv4Network):
+            return network
+    return None
+
+
+class IPAMController:
+    """One reconcile pass at a time over the store's nodes and allocations."""
+
+    def __init__(self, store: Store, pool: ClusterPool) -> None:
+        self._store = store
+        self._pool = pool
+
+    def reconcile(self) -> PassReport:
+        report = PassReport()
+        nodes = {n.value.name: n for n in self._store.list_nodes()}
+        allocations = {a.value.cidr: a for a in self._store.list_allocations() if ":" not in a.value.cidr}
+        self._release(nodes, allocations, report)
+        by_node: dict[str, list[Versioned[IPAMAllocation]]] = defaultdict(list)
+        for allocation in allocations.values():
+            by_node[allocation.value.node].append(allocation)
+        taken = {ipaddress.IPv4Network(c) for c in allocations}
+        taken.update(c for n in nodes.values() if (c := _ipv4_cidr(n.value)) is not None)
+        for name in sorted(nodes, key=_natural):
+            node = nodes[name]
+            cidr = _ipv4_cidr(node.value)
+            if cidr is not None:
+                self._confirm(node, cidr, allocations.get(str(cidr)), report)
+            elif by_node[name]:
+                mine = by_node[name][0]
+                if self._write(report, name, self._store.bind_pod_cidr(node, mine)):
+                    report.assigned[name] = mine.value.cidr
+            else:
+                self._assign(node, taken, report)
+        return report
+
+    def _release(
+        self,
+        nodes: dict[str, Versioned[Node]],
+        allocations: dict[str, Versioned[IPAMAllocation]],
+        report: PassReport,
+    ) -> None:
+        """Free allocations whose node is gone, or whose node now holds another CIDR."""
+        for cidr, allocation in list(allocations.items()):
+            node = nodes.get(allocation.value.node)
+            if node is not None:
+                held = _ipv4_cidr(node.value)
+                if held is None or str(held) == cidr:
+                    continue
+            if self._store.release_pod_cidr(allocation, node):
+                del allocations[cidr]
+                report.released.append(cidr)
+                log.info("IPAM: released %s of %s", cidr, allocation.value.node)
+            else:
+                report.conflicts += 1
+
+    def _confirm(
+        self,
+        node: Versioned[Node],
+        cidr: IPv4Network,
+        allocation: Versioned[IPAMAllocation] | None,
+        report: PassReport,
+    ) -> None:
+        """A node that already names its CIDR: record it as allocated, or say why it cannot be."""
+        name = node.value.name
+        if allocation is not None and allocation.value.node == name:
+            self._set_error(node, None, report)
+        elif allocation is not None:
+            self._set_error(
+                node,
+                f"IPAM: podCIDR {cidr} of {name} is already allocated to {allocation.value.node}",
+                report,
+            )
+        elif self._pool.entry_of(cidr) is None and self._pool.overlaps(cidr):
+            self._set_error(
+                node,
+                f"IPAM: podCIDR {cidr} of {name} overlaps pool {self._pool.describe()} "
+                f"but is not one of its /{self._pool.mask_size} blocks",
+                report,
+            )
+        else:
+            entry = self._pool.entry_of(cidr)
+            claimed = IPAMAllocation(str(cidr), name, str(entry) if entry is not None else None)
+            self._write(report, name, self._store.claim_pod_cidr(node, claimed))
+
+    def _assign(self, node: Versioned[Node], taken: set[IPv4Network], report: PassReport) -> None:
+        name = node.value.name
+        free = self._pool.first_free(taken)
+        if free is None:
+            self._set_error(node, self._pool.exhausted_message(name), report)
+            return
+        block, entry = free
+        if self._write(
+            report, name, self._store.claim_pod_cidr(node, IPAMAllocation(str(block), name, str(entry)))
+        ):
+            taken.add(block)
+            report.assigned[name] = str(block)
+            log.info("IPAM: assigned %s to %s", block, name)
+
+    def _set_error(self, node: Versioned[Node], message: str | None, report: PassReport) -> None:
+        if node.value.ipam_error == message:
+            return
+        if self._write(report, node.value.name, self._store.set_ipam_error(node, message)) and message:
+            report.errors[node.value.name] = message
+            log.warning("%s", message)
+
+    @staticmethod
+    def _write(report: PassReport, name: str, succeeded: bool) -> bool:
+        if not succeeded:
+            report.conflicts += 1
+            log.debug("IPAM: lost a race on %s; will run again", name)
+        return succeeded
+
+
+def run_operator(store: Store, config: OperatorConfig, stop_event: threading.Event) -> None:
+    """Run the IPAM controller until `stop_event` is set; a bad pool raises `IPAMConfigError` at once.
+
+    Survives the store going away and coming back: it keeps retrying and re-registers itself.
+    """
+    pool = ClusterPool.parse(config.cluster_pool_ipv4_cidrs, config.cluster_pool_ipv4_mask_size)
+    record = OperatorRecord(
+        config.operator_id, os.getpid(), tuple(str(c) for c in pool.cidrs), pool.mask_size
+    )
+    registration = _register(store, record, config.lease_ttl, stop_event)
+    if registration is None:
+        return
+    controller = IPAMController(store, pool)
+    log.info("operator %s: pool %s, /%d per node", config.operator_id, pool.describe(), pool.mask_size)
+    events = store.watch_nodes()
+    try:
+        dirty = True
+        next_resync = 0.0
+        while not stop_event.is_set():
+            if dirty or time.monotonic() >= next_resync:
+                dirty = _pass(controller, stop_event)
+                next_resync = time.monotonic() + config.resync_interval
+            if dirty:
+                # Another operator won a race: give it a moment, then look again.
+                stop_event.wait(random.uniform(0.01, 0.1))
+                continue
+            try:
+                dirty = _changed(events)
+            except StoreError as exc:
+                log.warning("operator: node watch failed (%s); watching again", exc)
+                events.close()
+                events = store.watch_nodes()
+                dirty = True
+    finally:
+        events.close()
+        registration.close()
+
+
+def _changed(events: EventStream[StoreEvent[Node]]) -> bool:
+    """Wait for a change; a burst of changes (up to `_POLL` seconds of it) counts once."""
+    if events.get(timeout=_POLL) is None:
+        return False
+    until = time.monotonic() + _POLL
+    while time.monotonic() < until and events.get(timeout=_COALESCE) is not None:
+        pass
+    return True
+
+
+def _pass(controller: IPAMController, stop_event: threading.Event) -> bool:
+    """Run one pass; True if it must run again soon."""
+    try:
+        return controller.reconcile().conflicts > 0
+    except StoreError as exc:
+        log.warning("operator: %s", exc)
+        stop_event.wait(_POLL)
+        return True
+
+
+def _register(
+    store: Store, record: OperatorRecord, ttl: int, stop_event: threading.Event
+) -> Registration | None:
+    while not stop_event.is_set():
+        try:
+            return store.register_operator(record, ttl=ttl)
+        except StoreError as exc:
+            log.warning("operator: cannot register yet: %s", exc)
+            stop_event.wait(_POLL)
+    return None
