@@ -1,7 +1,7 @@
 """Sans-IO key handling: the Cilium key secret, per-tunnel derivation, generation."""
 
 from ciphermesh.keys.derive import canonical_ip, derive_tunnel_key
-from ciphermesh.keys.generate import ALGO_CHOICES, generate_line, next_key_id
+from ciphermesh.keys.generate import ALGO_CHOICES, generate_line, next_key_id, successor_line
 from ciphermesh.keys.line import (
     AeadKey,
     AuthEncKey,
@@ -11,6 +11,7 @@ from ciphermesh.keys.line import (
     parse_line,
     parse_secret,
 )
+from ciphermesh.keys.rotation import KeyRotationError, check_successor, older_key_id
 from ciphermesh.keys.secret_bytes import SecretBytes
 from ciphermesh.keys.wireshark import esp_sa_entry
 
@@ -21,12 +22,16 @@ __all__ = [
     "KeyLine",
     "KeyLineError",
     "KeyMaterial",
+    "KeyRotationError",
     "SecretBytes",
     "canonical_ip",
+    "check_successor",
     "derive_tunnel_key",
     "esp_sa_entry",
     "generate_line",
     "next_key_id",
+    "older_key_id",
     "parse_line",
     "parse_secret",
+    "successor_line",
 ]

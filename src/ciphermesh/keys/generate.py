@@ -47,3 +47,18 @@ def _draw(randbytes: RandBytes, size: int) -> SecretBytes:
     if len(value) != size:
         raise ValueError(f"the random source returned {len(value)} bytes instead of {size}")
     return SecretBytes(value)
+
+
+def successor_line(current: KeyLine, randbytes: RandBytes = secrets.token_bytes) -> KeyLine:
+    """The line a rotation writes: the next key ID, fresh keys of the same algorithms and sizes, `+` kept."""
+    material = current.material
+    if isinstance(material, AeadKey):
+        fresh: KeyMaterial = AeadKey(material.algo, _draw(randbytes, len(material.key)), material.icv_bits)
+    else:
+        fresh = AuthEncKey(
+            material.auth_algo,
+            _draw(randbytes, len(material.auth_key)),
+            material.enc_algo,
+            _draw(randbytes, len(material.enc_key)),
+        )
+    return KeyLine(next_key_id(current.key_id), current.plus, fresh)
