@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from types import MappingProxyType
 
@@ -20,7 +20,9 @@ class IPsecPeer:
     """One remote node: where its ESP goes, which inner prefixes it owns, and its SA keys (already derived).
 
     `out_key` is the key for local -> peer under `out_spi` (both None: no outbound SA, packets are dropped);
-    `in_keys` maps each SPI the peer may send under to the key for peer -> local (two during a rotation).
+    `in_keys` maps each SPI the peer may send under to the key for peer -> local (two during a rotation);
+    `standby_out_keys` holds outbound keys kept installed but unused (the other SPI during a rotation), so
+    their sequence numbers carry on if traffic moves back to them, as Cilium keeps one OUT state per SPI.
     """
 
     router_ip: IPv4Address
@@ -28,6 +30,7 @@ class IPsecPeer:
     out_spi: int | None
     out_key: KeyLine | None
     in_keys: Mapping[int, KeyLine]
+    standby_out_keys: Mapping[int, KeyLine] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.router_ip, IPv4Address):
@@ -46,7 +49,13 @@ class IPsecPeer:
         for spi in in_keys:
             _check_spi(self.router_ip, "inbound", spi)
         object.__setattr__(self, "pod_cidrs", cidrs)
+        standby = dict(self.standby_out_keys)
+        for spi in standby:
+            _check_spi(self.router_ip, "standby outbound", spi)
+        if self.out_spi in standby:
+            raise ValueError(f"peer {self.router_ip}: SPI {self.out_spi} is both active and standby")
         object.__setattr__(self, "in_keys", MappingProxyType(in_keys))
+        object.__setattr__(self, "standby_out_keys", MappingProxyType(standby))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ def state_to_document(state: IPsecEngineState) -> dict[str, Any]:
                 "outSPI": peer.out_spi,
                 "outKey": peer.out_key.format(reveal=True) if peer.out_key is not None else None,
                 "inKeys": {str(spi): key.format(reveal=True) for spi, key in sorted(peer.in_keys.items())},
+                "standbyOutKeys": {
+                    str(spi): key.format(reveal=True) for spi, key in sorted(peer.standby_out_keys.items())
+                },
             }
             for peer in state.peers
         ],
@@ -98,15 +101,21 @@ def _peer(value: object, where: str) -> IPsecPeer:
         raise StateFileError(f"{where}.outSPI: must be an integer or null")
     out_key_value = peer.get("outKey")
     out_key = None if out_key_value is None else _key(out_key_value, f"{where}.outKey")
-    in_keys: dict[int, KeyLine] = {}
-    for spi_text, line in _mapping(peer.get("inKeys", {}), f"{where}.inKeys").items():
-        if not isinstance(spi_text, str) or not spi_text.isdigit() or len(spi_text) > 10:
-            raise StateFileError(f"{where}.inKeys: every key must be an SPI in decimal")
-        in_keys[int(spi_text)] = _key(line, f"{where}.inKeys.{spi_text}")
+    in_keys = _keys_by_spi(peer.get("inKeys", {}), f"{where}.inKeys")
+    standby = _keys_by_spi(peer.get("standbyOutKeys", {}), f"{where}.standbyOutKeys")
     try:
-        return IPsecPeer(router, cidrs, out_spi, out_key, in_keys)
+        return IPsecPeer(router, cidrs, out_spi, out_key, in_keys, standby)
     except ValueError as exc:
         raise StateFileError(f"{where}: {exc}") from None
+
+
+def _keys_by_spi(value: object, where: str) -> dict[int, KeyLine]:
+    keys: dict[int, KeyLine] = {}
+    for spi_text, line in _mapping(value, where).items():
+        if not isinstance(spi_text, str) or not spi_text.isdigit() or len(spi_text) > 10:
+            raise StateFileError(f"{where}: every key must be an SPI in decimal")
+        keys[int(spi_text)] = _key(line, f"{where}.{spi_text}")
+    return keys
 
 
 def _mapping(value: object, where: str) -> Mapping[Any, Any]:

@@ -139,13 +139,16 @@ class IPsecTables:
         paths = []
         for peer in state.peers:
             out_sa = None
+            out_keys = dict(peer.standby_out_keys)
             if peer.out_spi is not None and peer.out_key is not None:
-                identity = ("out", local.packed, peer.router_ip.packed, peer.out_spi, peer.out_key.material)
+                out_keys[peer.out_spi] = peer.out_key
+            for spi, key in out_keys.items():
+                identity = ("out", local.packed, peer.router_ip.packed, spi, key.material)
                 kept = previous._sas.get(identity)
-                out_sa = (
-                    kept if isinstance(kept, OutboundSA) else _new_outbound(peer.out_spi, identity, params)
-                )
-                sas[identity] = out_sa
+                sa = kept if isinstance(kept, OutboundSA) else _new_outbound(spi, identity, params)
+                sas[identity] = sa
+                if spi == peer.out_spi:
+                    out_sa = sa
             in_sas = {}
             for spi, key in peer.in_keys.items():
                 identity = ("in", peer.router_ip.packed, local.packed, spi, key.material)
