@@ -6,6 +6,7 @@ from __future__ import annotations
 PROTO_VXLAN_PEER = 150
 PROTO_ENGINE = 151
 PROTO_ENDPOINT = 152
+PROTO_OVERLAY = 153
 
 # Table of the /32 routes to peers' router IPs via cilium_vxlan, reached only by the ESP rule (50 as in IP
 # protocol 50); the rule sits before `main` (32766) and after `local` (0).

@@ -1,0 +1,267 @@
+"""The agent of one node: registers, follows the cluster, plans and applies the datapath, reports."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from pathlib import Path
+from typing import Any
+
+from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
+from ciphermesh.agent.keyring import KeyRing
+from ciphermesh.agent.plan import DesiredDatapath, Mode, plan
+from ciphermesh.agent.status_socket import StatusSocketServer
+from ciphermesh.agent.watch import ClusterView
+from ciphermesh.config import Values
+from ciphermesh.datapath.ipsec_engine import IPsecEngine
+from ciphermesh.datapath.mtu import Mtus, plan_mtus
+from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
+from ciphermesh.datapath.overlay_routing import reconcile_overlay_routing, remove_overlay_routing
+from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
+from ciphermesh.datapath.routing import reconcile_engine_routing, remove_engine_routing
+from ciphermesh.datapath.tun import TunDevice
+from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
+from ciphermesh.store.base import NodeRegistration, Store
+from ciphermesh.store.errors import PodCIDRTimeoutError
+from ciphermesh.store.model import Node
+
+log = logging.getLogger(__name__)
+
+ENGINE_TUN = "cm_ipsec"
+RESYNC_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """Who this agent is and where it reports."""
+
+    node: str
+    node_ip: IPv4Address
+    values: Values
+    status_socket: Path
+    probe_interval: float = 15.0
+
+
+class Agent:
+    """One node's control loop; `run` returns once `stop` is set and everything it started is stopped."""
+
+    def __init__(self, options: AgentOptions, store: Store, ipr: Any) -> None:
+        self.options = options
+        self.store = store
+        self.ipr = ipr
+        self.boot_id = str(uuid.uuid4())
+        self.mode: Mode = (
+            "ipsec"
+            if options.values.flag("encryption.enabled") and options.values.text("encryption.type") == "ipsec"
+            else "disabled"
+        )
+        self.mtus: Mtus = plan_mtus("ipsec" if self.mode == "ipsec" else "none")
+        self.phase = "starting"
+        self.problems: list[str] = []
+        self.waiting: tuple[str, ...] = ()
+        self.keyring = KeyRing(options.values.seconds("encryption.ipsec.keyRotationDuration"))
+        self.pod_cidr: IPv4Network | None = None
+        self.router: IPv4Address | None = None
+        self.started_at = time.time()
+        self.last_apply: float | None = None
+        self._registration: NodeRegistration | None = None
+        self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"))
+        self._engine: IPsecEngine | None = None
+        self._engine_stop = threading.Event()
+        self._engine_thread: threading.Thread | None = None
+        self._tun: TunDevice | None = None
+        self._health_server: HealthServer | None = None
+        self._prober: HealthProber | None = None
+        self._status = StatusSocketServer(options.status_socket, self.status)
+
+    def run(self, stop: threading.Event) -> None:
+        self._status.start()
+        try:
+            self._start(stop)
+            while not stop.is_set():
+                self._view.changed.wait(self._next_wakeup())
+                self._view.changed.clear()
+                if stop.is_set():
+                    break
+                self.reconcile()
+        finally:
+            self._shutdown()
+
+    def _next_wakeup(self) -> float:
+        """Seconds until the periodic resync, or sooner when a previous key's grace period ends."""
+        expiry = self.keyring.next_expiry()
+        if expiry is None:
+            return RESYNC_SECONDS
+        return max(0.05, min(RESYNC_SECONDS, expiry - time.monotonic()))
+
+    def _start(self, stop: threading.Event) -> None:
+        node = Node(name=self.options.node, node_ip=str(self.options.node_ip), boot_id=self.boot_id)
+        self._registration = self.store.register_node(node)
+        self.phase = "waiting for a pod CIDR from the operator"
+        cidrs = self._wait_pod_cidrs(stop)
+        if not cidrs:
+            return
+        self.pod_cidr = next(c for c in (ip_network(t) for t in cidrs) if isinstance(c, IPv4Network))
+        self.router = router_ip(self.pod_cidr)
+        self.phase = "configuring links"
+        ensure_node_links(self.ipr, NodeLinks(self.options.node_ip, self.pod_cidr, self.mtus))
+        router = str(self.router)
+        self._registration.update(
+            lambda n: replace(n, router_ip=router, health_endpoint=f"{router}:{HEALTH_PORT}")
+        )
+        self._health_server = HealthServer(router)
+        self._health_server.start()
+        if self.mode == "ipsec":
+            self._start_engine()
+        self._view.start()
+        self.phase = "waiting for the cluster's state"
+        while not stop.is_set() and not self._view.wait_synced(1.0):
+            pass
+        self._prober = HealthProber(self._peer_endpoints, source=router, interval=self.options.probe_interval)
+        self._prober.start()
+        self.reconcile()
+
+    def _wait_pod_cidrs(self, stop: threading.Event) -> tuple[str, ...]:
+        assert self._registration is not None
+        while not stop.is_set():
+            try:
+                return self._registration.wait_for_pod_cidrs(2.0, stop)
+            except PodCIDRTimeoutError as exc:
+                # The operator's words (e.g. an exhausted pool) are the status until a CIDR comes.
+                self.problems = [str(exc)]
+        return ()
+
+    def _start_engine(self) -> None:
+        self._tun = TunDevice(ENGINE_TUN)
+        self._engine = IPsecEngine(self._tun)
+        self._engine_thread = threading.Thread(
+            target=self._engine.run, args=(self._engine_stop,), name="ipsec-engine", daemon=True
+        )
+        self._engine_thread.start()
+
+    def _peer_endpoints(self) -> list[tuple[str, str]]:
+        return [
+            (node.name, node.router_ip)
+            for node in self._view.nodes()
+            if node.name != self.options.node and node.router_ip is not None
+        ]
+
+    def reconcile(self) -> None:
+        """Plan from the current view and apply; a failure is reported and retried on the next pass."""
+        registration = self._registration
+        if registration is None or self.router is None or self.pod_cidr is None:
+            return
+        if self.mode == "ipsec":
+            secret = self._view.secret()
+            now = time.monotonic()
+            self.keyring.update(None if secret is None else secret.keys, now)
+            self.keyring.expire(now)
+        local = registration.node
+        try:
+            desired = plan(local, self._view.nodes(), mode=self.mode, keys=self.keyring.keys,
+                           current_key_id=self.keyring.current_id)
+            self._apply(desired)
+            self._publish(registration)
+        except Exception as exc:
+            log.exception("apply failed")
+            self.problems = [f"apply: {type(exc).__name__}: {exc}"]
+            self.phase = "degraded"
+            return
+        self.waiting = desired.waiting
+        self.problems = []
+        self.phase = "ready"
+        self.last_apply = time.time()
+
+    def _apply(self, desired: DesiredDatapath) -> None:
+        assert self.router is not None and self.pod_cidr is not None
+        table = ESP_TABLE if desired.mode == "ipsec" else MAIN_TABLE
+        reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
+        if desired.engine is not None and self._engine is not None:
+            # SAs first, routes second: a route into the engine never meets a missing SA.
+            self._engine.apply(desired.engine)
+            remove_overlay_routing(self.ipr)
+            reconcile_engine_routing(
+                self.ipr,
+                tun=ENGINE_TUN,
+                local_router_ip=self.router,
+                local_pod_cidrs=[self.pod_cidr],
+                remotes=desired.remotes,
+                mtu=self.mtus.pod,
+            )
+        else:
+            remove_engine_routing(self.ipr)
+            reconcile_overlay_routing(
+                self.ipr, local_router_ip=self.router, remotes=desired.remotes, mtu=self.mtus.pod
+            )
+
+    def _publish(self, registration: NodeRegistration) -> None:
+        """Publish the key ID (only once its inbound SAs are in place) and a summary of the state."""
+        key_id = self.keyring.current_id if self.mode == "ipsec" else None
+        summary = self._encryption_summary()
+        errors = tuple(self._errors())
+        node = registration.node
+        published = (node.key_id, dict(node.encryption), node.agent, node.errors)
+        if published != (key_id, summary, "ready", errors):
+            registration.update(
+                lambda n: replace(n, key_id=key_id, encryption=summary, agent="ready", errors=errors)
+            )
+
+    def _encryption_summary(self) -> dict[str, Any]:
+        ipsec = self.mode == "ipsec"
+        return {"mode": self.mode, "engine": "userspace" if ipsec else None,
+                "keyID": self.keyring.current_id if ipsec else None,
+                "rotationInProgress": ipsec and self.keyring.rotating}
+
+    def _errors(self) -> list[str]:
+        errors = [*self.problems, *self._view.errors()]
+        if self.mode == "ipsec" and self.keyring.error:
+            errors.append(self.keyring.error)
+        if self._registration is not None and self._registration.last_error:
+            errors.append(f"store: {self._registration.last_error}")
+        return [e.replace("\n", " ")[:500] for e in errors]
+
+    def status(self) -> dict[str, Any]:
+        """What `ciphermesh status` and `encryption status` show for this node."""
+        health = [r.as_dict() for r in self._prober.results()] if self._prober else []
+        engine = self._engine.status() if self._engine else None
+        peers = [n for n in self._view.nodes() if n.name != self.options.node]
+        return {
+            "name": self.options.node,
+            "nodeIP": str(self.options.node_ip),
+            "routerIP": None if self.router is None else str(self.router),
+            "podCIDRs": [] if self.pod_cidr is None else [str(self.pod_cidr)],
+            "bootID": self.boot_id,
+            "agent": self.phase,
+            "startedAt": self.started_at,
+            "lastApply": self.last_apply,
+            "mtu": {"device": self.mtus.device, "vxlan": self.mtus.vxlan, "pod": self.mtus.pod},
+            "encryption": {**self._encryption_summary(), "engineStatus": engine},
+            "health": {
+                "reachable": sum(1 for h in health if h["reachable"]),
+                "probed": len(health),
+                "peers": health,
+                "expectedPeers": len(peers),
+            },
+            "waiting": list(self.waiting),
+            "errors": self._errors(),
+        }
+
+    def _shutdown(self) -> None:
+        self.phase = "stopping"
+        for stoppable in (self._prober, self._health_server):
+            if stoppable is not None:
+                stoppable.stop()
+        self._view.stop()
+        self._engine_stop.set()
+        if self._engine_thread is not None:
+            self._engine_thread.join(timeout=5)
+        if self._tun is not None:
+            # The TUN goes with its last fd; the fail-closed routes then take over its pod CIDRs.
+            self._tun.close()
+        if self._registration is not None:
+            self._registration.close(revoke=True)
+        self._status.stop()

@@ -1,0 +1,120 @@
+"""The agent's heart, a pure function: the node, its peers and the keys in; the desired datapath out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from typing import Literal
+
+from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.routing import RemoteNode
+from ciphermesh.datapath.vxlan_peers import VxlanPeer
+from ciphermesh.keys import KeyLine, derive_tunnel_key
+from ciphermesh.keys.rotation import older_key_id
+from ciphermesh.store.model import Node
+
+Mode = Literal["disabled", "ipsec"]
+
+
+@dataclass(frozen=True)
+class DesiredDatapath:
+    """What one node's kernel and engine should hold."""
+
+    mode: Mode
+    vxlan_peers: tuple[VxlanPeer, ...]
+    remotes: tuple[RemoteNode, ...]
+    engine: IPsecEngineState | None
+    waiting: tuple[str, ...]
+
+
+def outbound_spi(local_key_id: int, peer_key_id: int | None, keys: Mapping[int, KeyLine]) -> int | None:
+    """The SPI to send to a peer with: the older of both current keys, once the peer has published one."""
+    if peer_key_id is None:
+        return None
+    spi = older_key_id(local_key_id, peer_key_id)
+    return spi if spi in keys else None
+
+
+def _ready_peer(local: Node, peer: Node) -> tuple[IPv4Address, IPv4Address, tuple[IPv4Network, ...]] | None:
+    if peer.name == local.name or peer.router_ip is None or not peer.pod_cidrs:
+        return None
+    node_ip, router_ip = ip_address(peer.node_ip), ip_address(peer.router_ip)
+    cidrs = tuple(c for c in (ip_network(text) for text in peer.pod_cidrs) if isinstance(c, IPv4Network))
+    if not isinstance(node_ip, IPv4Address) or not isinstance(router_ip, IPv4Address) or not cidrs:
+        return None
+    return node_ip, router_ip, cidrs
+
+
+def plan(
+    local: Node,
+    peers: Iterable[Node],
+    *,
+    mode: Mode,
+    keys: Mapping[int, KeyLine],
+    current_key_id: int | None,
+) -> DesiredDatapath:
+    """The datapath for `local`: VXLAN peers and routes for every ready peer, SAs for each in IPsec mode.
+
+    `keys` holds every key this node accepts (the current one and those still in their grace period),
+    by key ID; `current_key_id` is the one it sends with when the peer has it too.
+    """
+    if local.router_ip is None:
+        raise ValueError(f"node {local.name} has no router IP yet")
+    local_router = ip_address(local.router_ip)
+    if not isinstance(local_router, IPv4Address):
+        raise ValueError(f"node {local.name}: router IP {local.router_ip} is not IPv4")
+    vxlan_peers: list[VxlanPeer] = []
+    remotes: list[RemoteNode] = []
+    engine_peers: list[IPsecPeer] = []
+    waiting: list[str] = []
+    for peer in sorted(peers, key=lambda node: node.name):
+        ready = _ready_peer(local, peer)
+        if ready is None:
+            if peer.name != local.name:
+                waiting.append(f"{peer.name}: no router IP or pod CIDR yet")
+            continue
+        node_ip, router_ip, cidrs = ready
+        vxlan_peers.append(VxlanPeer(node_ip, router_ip))
+        remotes.append(RemoteNode(router_ip, cidrs))
+        if mode != "ipsec":
+            continue
+        engine_peers.append(
+            _ipsec_peer(
+                local, peer, router_ip=router_ip, cidrs=cidrs, keys=keys, current_key_id=current_key_id,
+                waiting=waiting,
+            )
+        )
+    engine = IPsecEngineState(local_router, tuple(engine_peers)) if mode == "ipsec" else None
+    if mode == "ipsec" and current_key_id is None:
+        waiting.append("no valid IPsec key in the secret yet")
+    return DesiredDatapath(mode, tuple(vxlan_peers), tuple(remotes), engine, tuple(waiting))
+
+
+def _ipsec_peer(
+    local: Node,
+    peer: Node,
+    *,
+    router_ip: IPv4Address,
+    cidrs: tuple[IPv4Network, ...],
+    keys: Mapping[int, KeyLine],
+    current_key_id: int | None,
+    waiting: list[str],
+) -> IPsecPeer:
+    assert local.router_ip is not None
+    local_router = ip_address(local.router_ip)
+    in_keys = {
+        key_id: derive_tunnel_key(key, router_ip, local_router, peer.boot_id, local.boot_id)
+        for key_id, key in keys.items()
+    }
+    out_keys = {
+        key_id: derive_tunnel_key(key, local_router, router_ip, local.boot_id, peer.boot_id)
+        for key_id, key in keys.items()
+    }
+    spi = None if current_key_id is None else outbound_spi(current_key_id, peer.key_id, keys)
+    if spi is None:
+        if current_key_id is not None:
+            waiting.append(f"{peer.name}: has not published an IPsec key ID we hold")
+        return IPsecPeer(router_ip, cidrs, None, None, in_keys, out_keys)
+    out_key = out_keys.pop(spi)
+    return IPsecPeer(router_ip, cidrs, spi, out_key, in_keys, out_keys)
