@@ -7,6 +7,8 @@ import sys
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from ciphermesh.cli.errors import CliError
+from ciphermesh.cli.key_secret import register_key_secret
+from ciphermesh.cli.status import register_encryption
 from ciphermesh.keys import (
     ALGO_CHOICES,
     AeadKey,
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     encryption = subparsers.add_parser("encryption", help="transparent encryption: keys and status")
     commands = encryption.add_subparsers(dest="encryption_command", metavar="COMMAND", required=True)
     register_key(commands)
+    register_encryption(commands)
 
 
 def register_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +63,7 @@ def register_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a key line, or a tshark uat:esp_sa record",
     )
     derive.set_defaults(func=_derive)
+    register_key_secret(key_commands)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -7,13 +7,19 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ciphermesh import __version__
-from ciphermesh.cli import encryption, values
+from ciphermesh.cli import daemons, encryption, lab, status, values
 from ciphermesh.cli.errors import CliError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # Each module adds its own subcommands; a handler is stored as `func` on the parsed namespace.
-COMMAND_MODULES: tuple[Register, ...] = (encryption.register, values.register)
+COMMAND_MODULES: tuple[Register, ...] = (
+    lab.register,
+    status.register,
+    encryption.register,
+    values.register,
+    daemons.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is a command to run (lab exec, pod run/exec), never our options.
+    command: list[str] = []
+    if "--" in words:
+        split = words.index("--")
+        words, command = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    if command and not getattr(args, "takes_command", False):
+        parser.error(f"unexpected arguments after --: {' '.join(command)}")
+    args.command = command
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -1,0 +1,118 @@
+"""`ciphermesh agent` and `ciphermesh operator`: the daemons, as the lab (or a DaemonSet) runs them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from ciphermesh.agent.daemon import Agent, AgentOptions
+from ciphermesh.cli.errors import CliError
+from ciphermesh.cli.values import add_values_arguments, values_from_args
+from ciphermesh.config import Values
+from ciphermesh.operator.controller import OperatorConfig, run_operator
+from ciphermesh.operator.ipam import IPAMConfigError
+from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
+from ciphermesh.store.errors import StoreError
+from ciphermesh.store.etcd_store import EtcdStore
+
+DEFAULT_CLUSTER = "default"
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _connect(args: argparse.Namespace) -> EtcdStore:
+    try:
+        return EtcdStore.connect(args.store, args.cluster)
+    except StoreError as exc:
+        raise CliError(f"store {args.store}: {exc}") from None
+
+
+def _agent(args: argparse.Namespace) -> int:
+    values = values_from_args(args)
+    _logging(args.log_level)
+    store = _connect(args)
+    stop = _stop_on_signals()
+    options = AgentOptions(
+        node=args.node,
+        node_ip=args.node_ip,
+        values=values,
+        status_socket=args.status_socket,
+        probe_interval=args.probe_interval,
+    )
+    with IPRoute() as ipr:
+        try:
+            Agent(options, store, ipr).run(stop)
+        finally:
+            store.close()
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    values = values_from_args(args)
+    _logging(args.log_level)
+    store = _connect(args)
+    config = OperatorConfig(
+        cluster_pool_ipv4_cidrs=tuple(
+            str(cidr) for cidr in values.cidrs("ipam.operator.clusterPoolIPv4PodCIDRList")
+        ),
+        cluster_pool_ipv4_mask_size=values.number("ipam.operator.clusterPoolIPv4MaskSize"),
+    )
+    stop = _stop_on_signals()
+    rotation = _start_auto_rotation(store, values, stop)
+    try:
+        run_operator(store, config, stop)
+    except IPAMConfigError as exc:
+        raise CliError(f"operator: {exc}") from None
+    finally:
+        stop.set()
+        if rotation is not None:
+            rotation.join(timeout=5)
+        store.close()
+    return 0
+
+
+def _start_auto_rotation(store: EtcdStore, values: Values, stop: threading.Event) -> threading.Thread | None:
+    interval = values.seconds("encryption.ipsec.autoRotateInterval")
+    ipsec = values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec"
+    if not ipsec or interval <= 0:
+        return None
+    rotator = AutoRotator(store, values.text("encryption.ipsec.secretName"), interval)
+    thread = threading.Thread(target=run_key_rotation, args=(rotator, stop), name="key-rotation", daemon=True)
+    thread.start()
+    return thread
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, metavar="ENDPOINT",
+                        help="etcd endpoint: http://HOST:PORT or unix:///path/to/socket")
+    parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name (key prefix in the store)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_values_arguments(parser)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = sub.add_parser("agent", help="run the agent of one node (in that node's network namespace)")
+    _common(agent)
+    agent.add_argument("--node", required=True, help="this node's name")
+    agent.add_argument("--node-ip", required=True, type=IPv4Address, help="this node's address on eth0")
+    agent.add_argument("--status-socket", required=True, type=Path, help="unix socket for status queries")
+    agent.add_argument("--probe-interval", type=float, default=15.0, help="seconds between health probes")
+    agent.set_defaults(func=_agent)
+    operator = sub.add_parser("operator", help="run the operator (cluster-pool IPAM)")
+    _common(operator)
+    operator.set_defaults(func=_operator)

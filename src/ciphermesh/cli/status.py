@@ -1,0 +1,145 @@
+"""`ciphermesh status`, `encryption status` and `encryption sa list`: tables for people, JSON for programs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ciphermesh.cli.errors import CliError
+from ciphermesh.lab.cluster import LabError, LabInfo, load_lab
+from ciphermesh.lab.inspect import cluster_status, encryption_status, security_associations
+from ciphermesh.lab.state import LabNameError
+from ciphermesh.store.errors import StoreError
+
+DEFAULT_LAB = "cm"
+_MODE_NAMES = {"ipsec": "IPsec", "wireguard": "Wireguard", "disabled": "Disabled", "mixed": "Mixed"}
+
+
+def _lab(args: argparse.Namespace) -> LabInfo:
+    try:
+        return load_lab(args.lab)
+    except (LabError, LabNameError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _gather(what: Any, info: LabInfo, *rest: Any) -> Any:
+    try:
+        return what(info, *rest)
+    except (LabError, StoreError) as exc:
+        raise CliError(f"lab {info.name}: {exc}") from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _gather(cluster_status, _lab(args))
+    for node in status["nodes"]:
+        node.pop("live")
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+        return 0
+    console = Console()
+    table = Table("NODE", "NODE IP", "ROUTER IP", "POD CIDR", "AGENT", "ENCRYPTION", "KEY ID", "HEALTH",
+                  box=None)
+    total = len(status["nodes"])
+    for node in status["nodes"]:
+        enc = node["encryption"]
+        mode = _MODE_NAMES.get(enc["mode"], enc["mode"])
+        engine = f" ({enc['engine']})" if enc["engine"] else ""
+        health = f"{node['health']['reachable'] + 1}/{total}" if node["agent"] == "ready" else "-"
+        cidrs = ",".join(node["podCIDRs"]) or "-"
+        table.add_row(node["name"], node["nodeIP"], node["routerIP"] or "-", cidrs, node["agent"],
+                      mode + engine, str(enc["keyID"] or "-"), health)
+    console.print(table)
+    health = status["clusterHealth"]
+    console.print(f"Operator: {'running' if status['operator']['running'] else 'not running'}")
+    console.print(f"Cluster health: {health['reachable']}/{health['total']} reachable")
+    for node in status["nodes"]:
+        for line in [*node["errors"], *node["waiting"]]:
+            console.print(f"[yellow]{node['name']}[/]: {line}", highlight=False)
+    return 0 if health["reachable"] == health["total"] else 1
+
+
+def _encryption_status(args: argparse.Namespace) -> int:
+    status = _gather(encryption_status, _lab(args))
+    if args.node:
+        status["nodes"] = [n for n in status["nodes"] if n["name"] == args.node]
+        if not status["nodes"]:
+            raise CliError(f"no node {args.node!r} in lab {args.lab}")
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+        return 0
+    summary = status["summary"]
+    console = Console(highlight=False)
+    mode = _MODE_NAMES.get(summary["mode"], summary["mode"])
+    ready = sum(1 for n in status["nodes"] if n["agent"] == "ready")
+    console.print(f"Encryption: {mode} ({ready}/{summary['nodes']} nodes)")
+    if summary["mode"] == "ipsec":
+        keys = "/".join(str(k) for k in summary["keysInUse"])
+        console.print(f"IPsec keys in use: {keys} on {summary['nodes']}/{summary['nodes']}")
+        console.print(f"IPsec highest Seq. Number: {summary['maxSeq']:#x} across all nodes")
+        console.print(f"IPsec expected key count: {summary['expectedKeyCount']}")
+        console.print(f"IPsec key rotation in progress: {str(summary['rotationInProgress']).lower()}")
+        console.print(f"IPsec errors: {summary['errorCount']} across all nodes")
+        for name, count in sorted(summary["errors"].items()):
+            console.print(f"\t{name}: {count}")
+    table = Table("NODE", "MODE", "KEY ID", "KEYS IN USE", "MAX SEQ. NUMBER", "ERRORS", "ROTATING", box=None)
+    for node in status["nodes"]:
+        table.add_row(node["name"], _MODE_NAMES.get(node["mode"], node["mode"]), str(node["keyID"] or "-"),
+                      str(node["keysInUse"]), f"{node['maxSeq']:#x}", str(node["errorCount"]),
+                      str(node["rotationInProgress"]).lower())
+    console.print(table)
+    for node in status["nodes"]:
+        for problem in node["problems"]:
+            console.print(f"[yellow]{node['name']}[/]: {problem}")
+    return 0
+
+
+def _sa_list(args: argparse.Namespace) -> int:
+    info = _lab(args)
+    if args.output == "wireshark" and not args.reveal:
+        raise CliError("-o wireshark prints key material: add --reveal to confirm")
+    secret_name = info.values().text("encryption.ipsec.secretName")
+    sas = _gather(security_associations, info, secret_name)
+    if args.output == "json":
+        print(json.dumps({"sas": [sa.as_dict(args.reveal) for sa in sas]}, indent=2))
+    elif args.output == "wireshark":
+        # Each direction is installed on both of its nodes; tshark needs it once.
+        for entry in dict.fromkeys(sa.wireshark() for sa in sas):
+            print(f"-o 'uat:esp_sa:{entry}'")
+    else:
+        table = Table("NODE", "DIR", "SRC", "DST", "SPI", "KEY", box=None)
+        for sa in sas:
+            table.add_row(sa.node, sa.direction, str(sa.src), str(sa.dst), f"{sa.spi:#010x}",
+                          sa.key.format(reveal=args.reveal))
+        Console().print(table)
+    return 0
+
+
+def _lab_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="nodes, agents, operator, encryption and cluster health")
+    _lab_option(status)
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.set_defaults(func=_status)
+
+
+def register_encryption(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`encryption status` and `encryption sa list`, added beside `encryption key`."""
+    status = commands.add_parser("status", help="per node and summed: keys in use, sequence numbers, errors")
+    _lab_option(status)
+    status.add_argument("--node", help="only this node")
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.set_defaults(func=_encryption_status)
+    sa = commands.add_parser("sa", help="security associations")
+    sa_sub = sa.add_subparsers(dest="sa_command", metavar="SUBCOMMAND", required=True)
+    listing = sa_sub.add_parser("list", help="every tunnel's SAs; -o wireshark --reveal for tshark")
+    _lab_option(listing)
+    listing.add_argument("-o", "--output", choices=("table", "json", "wireshark"), default="table")
+    listing.add_argument("--reveal", action="store_true", help="show key material")
+    listing.set_defaults(func=_sa_list)

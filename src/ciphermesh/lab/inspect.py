@@ -1,0 +1,155 @@
+"""What `status`, `encryption status` and `encryption sa list` report, gathered from the store and agents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+from ciphermesh.agent.plan import plan
+from ciphermesh.keys import KeyLine, KeyLineError, esp_sa_entry, parse_secret
+from ciphermesh.lab.cluster import LabInfo, agent_status, connect
+from ciphermesh.store.model import Node
+
+
+def _nodes_and_secret(info: LabInfo, secret_name: str) -> tuple[dict[str, Node], str | None]:
+    with connect(info) as store:
+        nodes = {v.value.name: v.value for v in store.list_nodes()}
+        secret = store.get_key_secret(name=secret_name)
+    return nodes, None if secret is None else secret.value.keys
+
+
+def cluster_status(info: LabInfo) -> dict[str, Any]:
+    """Every node as the store has it, with its agent's own view (None where the agent is silent)."""
+    with connect(info) as store:
+        records = {v.value.name: v.value for v in store.list_nodes()}
+        operators = [op.id for op in store.list_operators()]
+    nodes = []
+    for name in info.nodes:
+        record = records.get(name)
+        live = agent_status(info, name)
+        nodes.append(_node_entry(name, info.node_ips[name], record, live))
+    total = len(info.nodes)
+    reachable = sum(
+        1 for entry in nodes
+        if entry["agent"] == "ready" and entry["health"]["reachable"] == total - 1
+    )
+    return {
+        "lab": info.name,
+        "nodes": nodes,
+        "operator": {"running": bool(operators), "ids": operators},
+        "clusterHealth": {"reachable": reachable, "total": total},
+    }
+
+
+def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, Any] | None) -> dict[str, Any]:
+    encryption = dict(record.encryption) if record else {}
+    errors = list(record.errors) if record else []
+    if live is not None:
+        errors = list(dict.fromkeys([*live.get("errors", []), *errors]))
+    return {
+        "name": name,
+        "nodeIP": node_ip,
+        "routerIP": record.router_ip if record else None,
+        "podCIDRs": list(record.pod_cidrs) if record else [],
+        "bootID": record.boot_id if record else None,
+        "agent": live["agent"] if live else ("not answering" if record else "absent"),
+        "encryption": {
+            "mode": encryption.get("mode", "disabled"),
+            "engine": encryption.get("engine"),
+            "keyID": record.key_id if record else None,
+        },
+        "health": live["health"] if live else {"reachable": 0, "probed": 0, "peers": []},
+        "waiting": live.get("waiting", []) if live else [],
+        "errors": errors,
+        "live": live,
+    }
+
+
+def encryption_status(info: LabInfo) -> dict[str, Any]:
+    """Per node and summed, with Cilium's notions: keys in use, highest sequence number, errors by name."""
+    status = cluster_status(info)
+    entries = []
+    expected = 2 * (len(info.nodes) - 1)
+    for node in status["nodes"]:
+        engine = (node["live"] or {}).get("encryption", {}).get("engineStatus") or {}
+        peers = engine.get("peers", [])
+        entries.append({
+            "name": node["name"],
+            "mode": node["encryption"]["mode"],
+            "engine": node["encryption"]["engine"],
+            "keyID": node["encryption"]["keyID"],
+            "keysInUse": engine.get("keysInUse", 0),
+            "maxSeq": engine.get("maxSeq", 0),
+            "errors": engine.get("errors", {}),
+            "errorCount": engine.get("errorCount", 0),
+            "rotationInProgress": any(len(p.get("inSPIs", [])) > 1 for p in peers),
+            "peers": peers,
+            "agent": node["agent"],
+            "problems": node["errors"],
+        })
+    modes = {entry["mode"] for entry in entries}
+    errors: dict[str, int] = {}
+    for entry in entries:
+        for name, count in entry["errors"].items():
+            errors[name] = errors.get(name, 0) + count
+    keys_in_use = {entry["keysInUse"] for entry in entries}
+    return {
+        "nodes": entries,
+        "summary": {
+            "mode": modes.pop() if len(modes) == 1 else "mixed",
+            "nodes": len(entries),
+            "keysInUse": sorted(keys_in_use),
+            "expectedKeyCount": expected,
+            "maxSeq": max((entry["maxSeq"] for entry in entries), default=0),
+            "errorCount": sum(errors.values()),
+            "errors": errors,
+            "rotationInProgress": any(e["rotationInProgress"] for e in entries)
+            or any(k != expected for k in keys_in_use),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class TunnelSA:
+    """One direction of one tunnel, with its derived key."""
+
+    node: str
+    direction: str
+    src: IPv4Address
+    dst: IPv4Address
+    spi: int
+    key: KeyLine
+
+    def as_dict(self, reveal: bool) -> dict[str, Any]:
+        return {"node": self.node, "direction": self.direction, "src": str(self.src), "dst": str(self.dst),
+                "spi": self.spi, "key": self.key.format(reveal=reveal)}
+
+    def wireshark(self) -> str:
+        return esp_sa_entry(self.key, self.src, self.dst)
+
+
+def security_associations(info: LabInfo, secret_name: str) -> list[TunnelSA]:
+    """Every SA every node holds, derived from the store as the agents derive them."""
+    nodes, keys_text = _nodes_and_secret(info, secret_name)
+    if keys_text is None:
+        return []
+    try:
+        line = parse_secret(keys_text)
+    except KeyLineError:
+        return []
+    sas: list[TunnelSA] = []
+    for local in nodes.values():
+        if local.router_ip is None or local.key_id is None:
+            continue
+        desired = plan(local, nodes.values(), mode="ipsec", keys={line.key_id: line},
+                       current_key_id=line.key_id)
+        assert desired.engine is not None
+        local_ip = ip_address(local.router_ip)
+        assert isinstance(local_ip, IPv4Address)
+        for peer in desired.engine.peers:
+            if peer.out_spi is not None and peer.out_key is not None:
+                sas.append(TunnelSA(local.name, "out", local_ip, peer.router_ip, peer.out_spi, peer.out_key))
+            for spi, key in sorted(peer.in_keys.items()):
+                sas.append(TunnelSA(local.name, "in", peer.router_ip, local_ip, spi, key))
+    return sas

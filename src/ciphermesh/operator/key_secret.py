@@ -1,0 +1,55 @@
+"""The IPsec key secret in the store: show it, set a new line, rotate; every write is compare-and-swap."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ciphermesh.keys import KeyLine, check_successor, parse_secret, successor_line
+from ciphermesh.store.base import Store, Versioned
+from ciphermesh.store.model import KeySecret
+
+
+class NoKeySecretError(LookupError):
+    """The store holds no key secret of that name."""
+
+
+@dataclass(frozen=True)
+class CurrentKey:
+    """The secret as stored, its parsed (last) line, and the revision to write over."""
+
+    text: str
+    line: KeyLine
+    revision: int
+
+
+def current_key(store: Store, secret_name: str) -> CurrentKey:
+    """The stored secret; NoKeySecretError if absent, KeyLineError if it does not parse."""
+    stored: Versioned[KeySecret] | None = store.get_key_secret(name=secret_name)
+    if stored is None:
+        raise NoKeySecretError(f"no secret kube-system/{secret_name} in the store")
+    return CurrentKey(stored.value.keys, parse_secret(stored.value.keys), stored.revision)
+
+
+def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
+    """Store `line_text` if it is valid and may follow the current key; otherwise raise and change nothing."""
+    new = parse_secret(line_text)
+    stored = store.get_key_secret(name=secret_name)
+    if stored is not None:
+        if not check_successor(parse_secret(stored.value.keys), new):
+            return new
+        store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=stored.revision)
+    else:
+        store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=0)
+    return new
+
+
+def rotate_key(
+    store: Store, secret_name: str, randbytes: Callable[[int], bytes] = secrets.token_bytes
+) -> KeyLine:
+    """Write the successor of the current key (next ID, fresh key of the same algorithm and size)."""
+    current = current_key(store, secret_name)
+    new = successor_line(current.line, randbytes)
+    store.put_key_secret(new.format(reveal=True), name=secret_name, expect_revision=current.revision)
+    return new
