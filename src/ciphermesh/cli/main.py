@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ciphermesh import __version__
-from ciphermesh.cli import daemons, encryption, lab, status, values
+from ciphermesh.cli import bench, daemons, encryption, lab, status, values
 from ciphermesh.cli.errors import CliError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[Register, ...] = (
     encryption.register,
     values.register,
     daemons.register,
+    bench.register,
 )
 
 

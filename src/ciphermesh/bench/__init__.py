@@ -1,0 +1,1 @@
+"""Benchmarks behind `ciphermesh bench`: measuring logic only, the CLI just parses and prints."""
