@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -118,8 +119,6 @@ def test_duration_seconds_round_trip(n: int) -> None:
 
 
 def test_tree_round_trips_through_a_file(tmp_path: Path) -> None:
-    import yaml
-
     values = load_values(sets=["encryption.enabled=true", "ipam.operator.clusterPoolIPv4MaskSize=25"])
     file = tmp_path / "v.yaml"
     file.write_text(yaml.safe_dump(values.as_tree()))
