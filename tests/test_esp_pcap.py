@@ -20,8 +20,8 @@ from ciphermesh.esp.pcap import (
     strip_ethernet,
 )
 from ciphermesh.tshark import read_fields, tshark_path
+from esp_support import TESTDATA
 
-TESTDATA = Path("/work/shared/testdata")
 STRONGSWAN_PCAP = TESTDATA / "strongswan_libipsec_esp_udp.pcap"
 
 # 10.0.0.1 -> 10.0.0.2, UDP 1000 -> 2000, 4 bytes of payload, checksums valid.
