@@ -1,0 +1,178 @@
+"""What the underlay must show for each encryption mode, and the verdict over probes and capture.
+
+Pure functions over what was measured, so a capture can be judged under any mode's expectation
+(this is how the tests prove that a verdict can fail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ciphermesh.lab.wire import WireReport
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe between two nodes' pods: what was tried and what came of it."""
+
+    src_node: str
+    dst_node: str
+    protocol: str
+    src_ip: str
+    dst_ip: str
+    ok: bool
+    rtt_ms: float | None
+    error: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol} {self.src_node} -> {self.dst_node}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"src": self.src_node, "dst": self.dst_node, "protocol": self.protocol,
+                "srcIP": self.src_ip, "dstIP": self.dst_ip, "ok": self.ok, "rttMs": self.rtt_ms,
+                "error": self.error}
+
+
+@dataclass(frozen=True)
+class WireEvidence:
+    """What the underlay capture showed: header analysis, probe payloads found in its raw bytes, drops."""
+
+    report: WireReport
+    markers_sent: tuple[str, ...]
+    markers_seen: tuple[str, ...]
+    dropped_by_kernel: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.report.as_dict() | {
+            "espTunnels": [{"src": src, "dst": dst, "spi": spi, "packets": n}
+                           for (src, dst, spi), n in sorted(self.report.esp_tunnels.items())],
+            "markersSent": len(self.markers_sent),
+            "markersSeen": list(self.markers_seen),
+            "droppedByKernel": self.dropped_by_kernel,
+        }
+
+
+def markers_in(capture: bytes, markers: Mapping[str, bytes]) -> tuple[str, ...]:
+    """The labels of the markers whose bytes appear anywhere in the raw capture."""
+    return tuple(label for label, marker in markers.items() if marker in capture)
+
+
+class Expectation(Protocol):
+    """One encryption mode's claim about the underlay; a new mode (WireGuard, node encryption) adds one."""
+
+    @property
+    def mode(self) -> str: ...
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        """Why the capture contradicts the mode; empty if it agrees."""
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        """One line per fact a reader checks, e.g. `ESP spi=0x3: 12 packets, plaintext between pods: 0`."""
+
+
+def _plaintext_example(report: WireReport) -> str:
+    if not report.plaintext_samples:
+        return ""
+    sample = report.plaintext_samples[0]
+    where = " inside VXLAN" if sample.inside_vxlan else ""
+    return f", e.g. {sample.protocol} {sample.src} > {sample.dst}{where}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class IPsecExpectation:
+    """IPsec: no pod address in clear, and ESP with the current SPI in both directions of every tunnel."""
+
+    spi: int
+    tunnels: tuple[tuple[str, str], ...]
+    mode: str = "ipsec"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        report = evidence.report
+        problems = []
+        if report.plaintext_count:
+            problems.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
+                            f"on the underlay{_plaintext_example(report)}")
+        if evidence.markers_seen:
+            problems.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+        for src, dst in self.tunnels:
+            if report.esp_tunnels[(src, dst, self.spi)] == 0:
+                others = sorted({spi for (s, d, spi) in report.esp_tunnels if (s, d) == (src, dst)})
+                seen = f" (seen: {', '.join(f'spi={spi:#x}' for spi in others)})" if others else ""
+                problems.append(f"no ESP with spi={self.spi:#x} from {src} to {dst}{seen}")
+        return problems
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        report = evidence.report
+        lines = [f"ESP spi={self.spi:#x}: {report.esp_by_spi[self.spi]} packets, "
+                 f"plaintext between pods: {report.plaintext_count}"]
+        other = {spi: n for spi, n in report.esp_by_spi.items() if spi != self.spi}
+        if other:
+            counts = ", ".join(f"spi={spi:#x}: {n}" for spi, n in sorted(other.items()))
+            lines.append(f"ESP with other SPIs: {counts}")
+        covered = sum(1 for src, dst in self.tunnels if report.esp_tunnels[(src, dst, self.spi)])
+        lines.append(f"tunnels with ESP spi={self.spi:#x}: {covered}/{len(self.tunnels)}")
+        lines.append(f"probe payloads found in the capture: {len(evidence.markers_seen)}/"
+                     f"{len(evidence.markers_sent)}")
+        return lines
+
+
+@dataclass(frozen=True)
+class SanityExpectation:
+    """Encryption disabled: the capture must show the probes in clear, or the check itself is blind."""
+
+    mode: str = "disabled"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        problems = []
+        if evidence.report.plaintext_count == 0:
+            problems.append("sanity mode: encryption is disabled, yet no plaintext between pods was seen; "
+                            "the check itself is broken")
+        missing = [label for label in evidence.markers_sent if label not in evidence.markers_seen]
+        if missing:
+            problems.append(f"sanity mode: probe payloads not found in the capture: {', '.join(missing)}")
+        return problems
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        report = evidence.report
+        return [
+            f"sanity mode (encryption disabled): plaintext between pods: {report.plaintext_count} "
+            f"(expected > 0), ESP: {report.esp}",
+            f"probe payloads found in the capture: {len(evidence.markers_seen)}/"
+            f"{len(evidence.markers_sent)} (expected all)",
+        ]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Pass or fail, with every reason for a failure."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": list(self.reasons)}
+
+
+def judge(probes: Sequence[ProbeRecord], evidence: WireEvidence, expectation: Expectation) -> Verdict:
+    """Pass only if every probe succeeded, the capture is complete, and it shows what the mode promises."""
+    reasons = [f"{probe.label}: {probe.error}" for probe in probes if not probe.ok]
+    if not probes:
+        reasons.append("no probes were run")
+    if evidence.dropped_by_kernel:
+        reasons.append(f"the capture is incomplete: {evidence.dropped_by_kernel} packets dropped "
+                       "by the kernel")
+    reasons += expectation.problems(evidence)
+    return Verdict(not reasons, tuple(reasons))
+
+
+def tunnel_pairs(router_ips: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Every ordered pair of distinct router IPs: each direction of each tunnel."""
+    ips = list(router_ips)
+    return tuple((a, b) for a in ips for b in ips if a != b)
