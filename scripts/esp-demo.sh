@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ESP demo: a key line, per-tunnel keys for two nodes, ICMP echoes in our ESP, verified by tshark.
-# Usage: scripts/demo.sh [OUT_DIR]   (default: a new directory under /tmp)
+# Usage: scripts/esp-demo.sh [OUT_DIR]   (default: a new directory under /tmp)
 # Exits non-zero unless every step works and tshark verifies the ICV of every frame.
 set -euo pipefail
 

@@ -174,7 +174,7 @@ def test_demo_rejects_a_short_boot_id(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_demo_script_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "demo.sh"), str(tmp_path / "demo")],
+        ["bash", str(REPO / "scripts" / "esp-demo.sh"), str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=120,
