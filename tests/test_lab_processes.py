@@ -59,6 +59,10 @@ def test_processes_inside_a_namespace_are_found_and_killed(tmp_path: Path) -> No
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         pid = start_daemon(["sleep", "60"], pidfile=tmp_path / "s.pid", log=tmp_path / "s.log", netns=netns)
+        # `ip netns exec` enters the namespace just after the fork: give it a moment.
+        deadline = time.monotonic() + 5
+        while pid not in pids_in_netns(netns) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert pid in pids_in_netns(netns)
         assert os.getpid() not in pids_in_netns(netns)
         kill_netns_processes(netns)
