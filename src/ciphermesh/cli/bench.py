@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ciphermesh.bench.esp import DEFAULT_ALGOS, run_esp_bench
 from ciphermesh.bench.esp_report import as_json, goal_verdict, machine, markdown_table, rich_table
+from ciphermesh.cli.bench_lab import register_lab
 from ciphermesh.cli.errors import CliError
 from ciphermesh.keys import ALGO_CHOICES
 
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     esp.add_argument("-o", "--output", choices=_OUTPUTS, default="table")
     esp.set_defaults(func=_bench_esp)
+    register_lab(targets)
 
 
 def _bench_esp(args: argparse.Namespace) -> int:
