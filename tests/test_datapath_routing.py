@@ -73,6 +73,8 @@ def test_remote_pods_and_router_ips_route_into_the_tun(lab: TopologyPlan) -> Non
             "protocol": str(PROTO_ENGINE),
         }
     ]
+    floor = ip_json(node1, "route", "show", "table", "50", "proto", str(PROTO_ENGINE))
+    assert floor == [{"type": "unreachable", "dst": "default", "flags": []}]
 
 
 def test_without_the_tun_remote_pods_are_unreachable_not_routed(lab: TopologyPlan) -> None:

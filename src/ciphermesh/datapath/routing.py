@@ -4,7 +4,8 @@ Main table (proto PROTO_ENGINE), per remote pod CIDR: a route `dev <tun> src <lo
 and, below it at a higher metric, `unreachable`, which takes over the moment the TUN is gone, so packets
 are dropped and never routed in plaintext. The local pod CIDR is `unreachable` too (pods have /32s).
 Rule `priority 50 iif lo ipproto esp lookup 50`: only ESP this node sends itself reaches table 50, which
-holds the /32 routes to peers' router IPs via cilium_vxlan; health probes to those IPs use the TUN.
+holds the /32 routes to peers' router IPs via cilium_vxlan over an `unreachable default`, so ESP never
+falls through to the main table; health probes to those IPs use the TUN.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def reconcile_engine_routing(
     local = tuple(local_pod_cidrs)
     remote_cidrs = _check(local, remotes)
     changes = Changes()
+    _ensure_esp_table_floor(ipr, changes)
     _ensure_esp_rule(ipr, changes)
     fail_closed = {_Route(cidr, FAIL_CLOSED_METRIC, RTN_UNREACHABLE) for cidr in (*local, *remote_cidrs)}
     link = get_link(ipr, tun)
@@ -115,6 +117,9 @@ def remove_engine_routing(ipr: Any) -> Changes:
     changes = Changes()
     for rule in _own_rules(ipr):
         _delete_rule(ipr, rule, changes)
+    for route in _esp_table_floor(ipr):
+        delete_route(ipr, route)
+        changes.removed.append(f"route unreachable default table {ESP_TABLE}")
     _converge_routes(ipr, set(), None, changes)
     return changes
 
@@ -158,6 +163,27 @@ def _ensure_esp_rule(ipr: Any, changes: Changes) -> None:
             ip_proto=IPPROTO_ESP,
             iifname="lo",
             protocol=PROTO_ENGINE,
+        )
+    changes.added.append(what)
+
+
+def _esp_table_floor(ipr: Any) -> list[Any]:
+    return [
+        route
+        for route in ipr.route("dump", table=ESP_TABLE, proto=PROTO_ENGINE, family=2)
+        if route["dst_len"] == 0
+    ]
+
+
+def _ensure_esp_table_floor(ipr: Any, changes: Changes) -> None:
+    """An `unreachable default` in the ESP table: ESP to a peer whose /32 is (still) missing must not fall
+    through to the main table, where the pod CIDR routes would carry it back into the engine."""
+    if any(route["type"] == RTN_UNREACHABLE for route in _esp_table_floor(ipr)):
+        return
+    what = f"route unreachable default table {ESP_TABLE}"
+    with netlink_op(f"add {what}"):
+        ipr.route(
+            "replace", dst="0.0.0.0", dst_len=0, table=ESP_TABLE, type=RTN_UNREACHABLE, proto=PROTO_ENGINE
         )
     changes.added.append(what)
 
