@@ -80,6 +80,8 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         self._status.start()
+        # The loop sleeps on `changed`: a stop (SIGTERM) must wake it now, not at the next resync.
+        threading.Thread(target=self._wake_on, args=(stop,), name="stop-waker", daemon=True).start()
         try:
             self._start(stop)
             while not stop.is_set():
@@ -90,6 +92,10 @@ class Agent:
                 self.reconcile()
         finally:
             self._shutdown()
+
+    def _wake_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self._view.changed.set()
 
     def _next_wakeup(self) -> float:
         """Seconds until the periodic resync, or sooner when a previous key's grace period ends."""

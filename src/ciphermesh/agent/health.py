@@ -169,10 +169,21 @@ class HealthProber:
             for node, address in dict(self._peers()).items()
         }
 
+    def _settled(self) -> bool:
+        """Every current peer was probed at its current address and answered."""
+        probed = {r.node: r.address for r in self._results.values() if r.reachable}
+        return bool(probed) and probed == dict(self._peers())
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.probe_all()
-            # Until every peer answers, probe again soon: a node coming up should not wait 15 s to see it.
-            healthy = bool(self._results) and all(r.reachable for r in self._results.values())
-            self._wake.wait(self._interval if healthy else 1.0)
+            # Until every peer, including one that joined since, answers, probe again within a second:
+            # a node coming up should not wait a whole interval to be seen.
+            if not self._settled():
+                self._wake.wait(1.0)
+            else:
+                deadline = time.monotonic() + self._interval
+                while self._settled() and (left := deadline - time.monotonic()) > 0:
+                    if self._wake.wait(min(1.0, left)):
+                        break
             self._wake.clear()

@@ -6,6 +6,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -20,6 +21,7 @@ from ciphermesh.lab import netns, topology
 from ciphermesh.lab.names import node_netns
 from ciphermesh.lab.processes import kill_netns_processes, read_pidfile, start_daemon, stop_daemon
 from ciphermesh.lab.state import LabPaths, write_private
+from ciphermesh.operator.ipam import MASK_KEY, POOL_KEY, ClusterPool, IPAMConfigError
 from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
 from ciphermesh.store.etcd_store import EtcdStore
 
@@ -90,17 +92,27 @@ def _daemon_argv(command: str, *args: str) -> list[str]:
 def _refuse_leftovers(paths: LabPaths) -> None:
     residue = netns.lab_residue(paths.name)
     if paths.root.exists() or residue.namespaces or residue.pids:
-        state = "is already up" if paths.read_manifest() else "left things behind (a crash?)"
+        running = paths.read_manifest() is not None and running_etcd(paths.root) is not None
+        state = "is already up" if running else "left things behind (a crash?)"
         found = ", ".join(residue.namespaces[:4]) or str(paths.root)
         raise LabError(
             f"lab {paths.name} {state}: {found}; run `ciphermesh lab down --name {paths.name}` first"
         )
 
 
+def _check_pool(values: Values) -> None:
+    """Refuse a pool the operator would refuse, before anything is built (it would exit, nodes would wait)."""
+    try:
+        ClusterPool.parse([str(c) for c in values.cidrs(POOL_KEY)], values.number(MASK_KEY))
+    except IPAMConfigError as exc:
+        raise LabError(str(exc)) from None
+
+
 def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo:
     """Build the lab and return once every agent is ready and every node reaches every other."""
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
+    _check_pool(values)
     paths = LabPaths.of(name)
     _refuse_leftovers(paths)
     paths.create()
@@ -130,14 +142,28 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     paths.write_manifest({"name": name, "nodes": list(info.nodes), "nodeIPs": info.node_ips,
                           "subnet": info.subnet, "store": store_url, "created": time.time()})
     common = ["--store", store_url, "--cluster", name, "-f", str(paths.values)]
-    progress("starting the operator")
-    start_daemon(_daemon_argv("operator", *common), pidfile=paths.pids / "operator.pid",
-                 log=paths.logs / "operator.log")
+    timeout = READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes
+    progress(f"starting {nodes} agents")
     for node in plan.nodes:
         start_agent(info, node.name)
-    progress(f"starting {nodes} agents; waiting until every node reaches every other")
-    wait_ready(info, timeout=READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes)
+    # The operator comes once every node is registered, so its first pass hands out the pool in node
+    # order: node-i gets the i-th block every time, and a pool too small refuses the last nodes.
+    _wait_registered(info, timeout)
+    progress("starting the operator; waiting until every node reaches every other")
+    start_daemon(_daemon_argv("operator", *common), pidfile=paths.pids / "operator.pid",
+                 log=paths.logs / "operator.log")
+    wait_ready(info, timeout=timeout)
     return info
+
+
+def _wait_registered(info: LabInfo, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with connect(info) as store:
+        while missing := set(info.nodes) - {node.value.name for node in store.list_nodes()}:
+            if time.monotonic() > deadline:
+                raise LabError(f"lab {info.name}: {', '.join(sorted(missing))} did not register within "
+                               f"{timeout:.0f} s (logs in {info.paths.logs})")
+            time.sleep(0.1)
 
 
 def start_agent(info: LabInfo, node: str) -> int:
@@ -176,12 +202,25 @@ def wait_ready(info: LabInfo, timeout: float) -> None:
         statuses = {node: agent_status(info, node) for node in info.nodes}
         if all(_node_ready(status, peers) for status in statuses.values()):
             return
+        refused = [f"{node}: {why}" for node, status in statuses.items()
+                   if (why := _pod_cidr_refusal(status))]
+        if refused:
+            raise LabError(f"lab {info.name} cannot be ready: " + "; ".join(refused)
+                           + f" (`ciphermesh status --lab {info.name}` shows more)")
         if time.monotonic() > deadline:
             raise LabError(f"lab {info.name} is not ready after {timeout:.0f} s: " + "; ".join(
                 _not_ready_reason(node, statuses[node], peers) for node in info.nodes
                 if not _node_ready(statuses[node], peers)
             ) + f" (`ciphermesh status --lab {info.name}` shows more; logs in {info.paths.logs})")
         time.sleep(0.5)
+
+
+def _pod_cidr_refusal(status: dict[str, Any] | None) -> str | None:
+    """The operator's reason for giving a node no pod CIDR: a lab's nodes are fixed, so it will not pass."""
+    if status is None or status.get("podCIDRs"):
+        return None
+    reason = next((e for e in status.get("errors") or [] if "IPAM: " in e), None)
+    return None if reason is None else reason[reason.index("IPAM: "):]
 
 
 def _not_ready_reason(node: str, status: dict[str, Any] | None, peers: int) -> str:
@@ -199,8 +238,10 @@ def _not_ready_reason(node: str, status: dict[str, Any] | None, peers: int) -> s
 def lab_down(name: str, progress: Progress) -> None:
     """Remove everything the lab made: processes, namespaces, etcd, state. Idempotent."""
     paths = LabPaths.of(name)
-    for pidfile in sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []:
-        stop_daemon(pidfile)
+    pidfiles = sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []
+    # All at once: each daemon takes a moment to shut down cleanly, and they do not wait for each other.
+    with ThreadPoolExecutor(max_workers=max(1, len(pidfiles))) as pool:
+        list(pool.map(stop_daemon, pidfiles))
     for namespace in netns.lab_residue(name).namespaces:
         kill_netns_processes(namespace)
     removed = topology.teardown(name)
