@@ -35,6 +35,22 @@ ENGINE_TUN = "cm_ipsec"
 RESYNC_SECONDS = 5.0
 
 
+class UnsupportedModeError(ValueError):
+    """Settings this agent cannot carry out; it refuses to start rather than forward in plaintext."""
+
+
+def agent_mode(values: Values) -> Mode:
+    """The datapath mode the settings ask for; UnsupportedModeError for one not built yet."""
+    if not values.flag("encryption.enabled"):
+        return "disabled"
+    if values.text("encryption.type") != "ipsec":
+        raise UnsupportedModeError(
+            f"encryption.type={values.text('encryption.type')}: the agent does not run this mode yet; "
+            "refusing to start rather than send pod traffic unencrypted"
+        )
+    return "ipsec"
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     """Who this agent is and where it reports."""
@@ -54,11 +70,7 @@ class Agent:
         self.store = store
         self.ipr = ipr
         self.boot_id = str(uuid.uuid4())
-        self.mode: Mode = (
-            "ipsec"
-            if options.values.flag("encryption.enabled") and options.values.text("encryption.type") == "ipsec"
-            else "disabled"
-        )
+        self.mode: Mode = agent_mode(options.values)
         self.mtus: Mtus = plan_mtus("ipsec" if self.mode == "ipsec" else "none")
         self.phase = "starting"
         self.problems: list[str] = []

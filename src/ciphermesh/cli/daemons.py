@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ciphermesh.agent.daemon import Agent, AgentOptions
+from ciphermesh.agent.daemon import Agent, AgentOptions, UnsupportedModeError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.config import Values
@@ -56,7 +56,12 @@ def _agent(args: argparse.Namespace) -> int:
     )
     with IPRoute() as ipr:
         try:
-            Agent(options, store, ipr).run(stop)
+            agent = Agent(options, store, ipr)
+        except UnsupportedModeError as exc:
+            store.close()
+            raise CliError(f"agent: {exc}") from None
+        try:
+            agent.run(stop)
         finally:
             store.close()
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ciphermesh.agent.daemon import UnsupportedModeError, agent_mode
 from ciphermesh.agent.status_socket import query_status
 from ciphermesh.config import Values, load_values
 from ciphermesh.keys import generate_line
@@ -112,6 +113,10 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     """Build the lab and return once every agent is ready and every node reaches every other."""
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
+    try:
+        agent_mode(values)
+    except UnsupportedModeError as exc:
+        raise LabError(str(exc)) from None
     _check_pool(values)
     paths = LabPaths.of(name)
     _refuse_leftovers(paths)
