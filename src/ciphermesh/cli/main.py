@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ciphermesh import __version__
-from ciphermesh.cli import bench, connectivity, daemons, encryption, lab, status, values
+from ciphermesh.cli import bench, connectivity, daemons, encryption, lab, status, values, wireguard
 from ciphermesh.cli.errors import CliError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[Register, ...] = (
     values.register,
     daemons.register,
     bench.register,
+    wireguard.register,
     connectivity.register,
 )
 

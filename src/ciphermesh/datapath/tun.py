@@ -11,16 +11,23 @@ TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
 
 
 class TunDevice:
     """One queue of a TUN device; the device goes away with the last open queue unless persistent."""
 
-    def __init__(self, name: str, *, multi_queue: bool = False, blocking: bool = False) -> None:
+    def __init__(
+        self, name: str, *, multi_queue: bool = False, blocking: bool = False, vnet_hdr: bool = False
+    ) -> None:
+        """`vnet_hdr`: every packet read or written starts with a 10-byte virtio_net_hdr (for GSO writes)."""
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"TUN device name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
         flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+        if vnet_hdr:
+            flags |= IFF_VNET_HDR
+        self.vnet_hdr = vnet_hdr
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | (0 if blocking else os.O_NONBLOCK))
         try:
             ifr = struct.pack("16sH22x", name.encode(), flags)
