@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -11,6 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ciphermesh.unix_json import encode_snapshot, query_json
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,11 @@ class StatusSocketServer:
             except OSError:
                 return
             with client:
-                try:
-                    body = json.dumps(self._snapshot()).encode()
-                except Exception:
-                    # A status bug must not take the agent down; the client sees an error document.
-                    log.exception("status snapshot failed")
-                    body = json.dumps({"error": "status snapshot failed; see the agent log"}).encode()
+                body = encode_snapshot(self._snapshot, log, "agent")
                 with contextlib.suppress(OSError):
                     client.sendall(body)
 
 
 def query_status(path: Path, timeout: float = 3.0) -> dict[str, Any]:
     """The JSON the agent at `path` serves; OSError or ValueError if it does not answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    document = json.loads(b"".join(chunks))
-    if not isinstance(document, dict):
-        raise ValueError("agent status is not a JSON object")
-    return document
+    return query_json(path, timeout)

@@ -8,13 +8,14 @@ runs in every node namespace of a lab while /run is shared; run `show` in the en
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ciphermesh.unix_json import encode_snapshot, query_json
 
 log = logging.getLogger(__name__)
 RUN_DIR = Path("/run/ciphermesh/wireguard")
@@ -71,12 +72,7 @@ class ControlServer:
                 return
             with client:
                 client.settimeout(_ANSWER_TIMEOUT)
-                try:
-                    body = json.dumps(self._snapshot()).encode()
-                except Exception:
-                    # A status bug must not stop the tunnel; the client gets an error document.
-                    log.exception("status snapshot failed")
-                    body = json.dumps({"error": "status snapshot failed; see the engine's log"}).encode()
+                body = encode_snapshot(self._snapshot, log, "engine")
                 with contextlib.suppress(OSError):
                     client.sendall(body)
 
@@ -91,13 +87,4 @@ class ControlServer:
 
 def query(path: Path, timeout: float = 3.0) -> dict[str, Any]:
     """The status the engine at `path` serves; OSError or ValueError if it does not answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    document = json.loads(b"".join(chunks))
-    if not isinstance(document, dict):
-        raise ValueError("engine status is not a JSON object")
-    return document
+    return query_json(path, timeout)
