@@ -65,3 +65,14 @@ def test_a_bad_first_secret_holds_no_key() -> None:
     assert ring.update("garbage", 0) is False
     assert ring.current is None and ring.keys == {}
     assert ring.error is not None and ring.error.startswith("key secret refused, keeping no key")
+
+
+def test_a_secret_that_disappears_keeps_the_key_and_says_so() -> None:
+    ring = KeyRing(grace_seconds=300)
+    ring.update(_text(K3), 0)
+    assert ring.update(None, 1) is False
+    assert ring.current == K3 and set(ring.keys) == {3}
+    assert ring.error == (
+        "key secret refused, keeping key ID 3: the secret is missing from the store, empty or not UTF-8 text"
+    )
+    assert ring.update(_text(K4), 2) is True and ring.error is None

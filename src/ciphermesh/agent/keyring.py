@@ -39,8 +39,12 @@ class KeyRing:
     def update(self, secret_text: str | None, now: float) -> bool:
         """Take the secret as it is now; True if the current key changed."""
         if secret_text is None:
-            self.error = None if self.current else "no key secret in the store yet"
-            return False
+            if self.current is None:
+                self.error = "no key secret in the store yet"
+                return False
+            # The store hands over no secret that is empty or not UTF-8 either: as for a deleted one,
+            # keep the key and say so, or the node would look healthy with a broken secret.
+            return self._refuse("the secret is missing from the store, empty or not UTF-8 text")
         try:
             line = parse_secret(secret_text)
         except KeyLineError as exc:
