@@ -85,3 +85,25 @@ def test_scheduled_rotation_waits_for_the_interval_and_every_node(store: EtcdSto
         assert current_key(store, SECRET).line.key_id == 5
     finally:
         registration.close()
+
+
+def test_set_key_recovers_from_a_broken_secret(store: EtcdStore) -> None:
+    set_key(store, SECRET, generate_line(key_id=3).format(reveal=True))
+    registration = store.register_node(Node("node-1", "172.18.0.2", "b" * 36, key_id=3, agent="ready"))
+    try:
+        for broken in (b"", b"\xff\xfe", b"garbage"):
+            # What `kubectl edit` can leave behind; the agents keep key 3 and say why.
+            store.client.put(store.secret_key(SECRET, "kube-system"), broken)
+            with pytest.raises(KeyRotationError, match="in use by node-1"):
+                set_key(store, SECRET, generate_line(key_id=3).format(reveal=True))
+            with pytest.raises(KeyRotationError, match="goes backwards from 3"):
+                set_key(store, SECRET, generate_line(key_id=2).format(reveal=True))
+            with pytest.raises((KeyLineError, NoKeySecretError)):
+                rotate_key(store, SECRET)
+            good = generate_line(key_id=4)
+            assert set_key(store, SECRET, good.format(reveal=True)) == good
+            assert current_key(store, SECRET).line == good
+            set_key(store, SECRET, generate_line(key_id=5).format(reveal=True))
+            registration.update(lambda n: replace(n, key_id=3))
+    finally:
+        registration.close()

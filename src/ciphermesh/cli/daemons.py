@@ -32,7 +32,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
 
 
 def _connect(args: argparse.Namespace) -> EtcdStore:

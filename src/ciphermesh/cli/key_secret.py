@@ -43,7 +43,12 @@ def _rotate(args: argparse.Namespace) -> int:
     try:
         with connect(info) as store:
             line = rotate_key(store, secret_name)
-    except (KeyLineError, NoKeySecretError, StoreError) as exc:
+    except KeyLineError as exc:
+        raise CliError(
+            f"key not rotated: the stored secret is not valid ({exc}); set a new key with "
+            "`ciphermesh encryption key set`"
+        ) from None
+    except (NoKeySecretError, StoreError) as exc:
         raise CliError(f"key not rotated: {exc}") from None
     print(f"IPsec key successfully rotated, new key SPI: {line.key_id}")
     return 0

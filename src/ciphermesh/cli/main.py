@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command and not getattr(args, "takes_command", False):
         parser.error(f"unexpected arguments after --: {' '.join(command)}")
     args.command = command
+    # Warnings of the layers below (e.g. a store record skipped) would add lines to a one-line error.
+    logging.basicConfig(level=logging.ERROR, format="ciphermesh: %(message)s")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -6,7 +6,15 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ciphermesh.keys import KeyLine, check_successor, parse_secret, successor_line
+from ciphermesh.keys import (
+    KeyLine,
+    KeyLineError,
+    KeyRotationError,
+    check_successor,
+    older_key_id,
+    parse_secret,
+    successor_line,
+)
 from ciphermesh.store.base import Store, Versioned
 from ciphermesh.store.model import KeySecret
 
@@ -33,15 +41,30 @@ def current_key(store: Store, secret_name: str) -> CurrentKey:
 
 
 def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
-    """Store `line_text` if it is valid and may follow the current key; otherwise raise and change nothing."""
+    """Store `line_text` if it is valid and may follow the current key; otherwise raise and change nothing.
+
+    When the stored secret is absent or broken (as `kubectl edit` can leave it), the new line is checked
+    against the key IDs the nodes publish instead, and written over whatever is there.
+    """
     new = parse_secret(line_text)
     stored = store.get_key_secret(name=secret_name)
-    if stored is not None:
-        if not check_successor(parse_secret(stored.value.keys), new):
-            return new
-        store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=stored.revision)
-    else:
-        store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=0)
+    try:
+        current = None if stored is None else parse_secret(stored.value.keys)
+    except KeyLineError:
+        current = None
+    if current is not None and stored is not None:
+        if check_successor(current, new):
+            store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=stored.revision)
+        return new
+    for versioned in store.list_nodes():
+        node, in_use = versioned.value.name, versioned.value.key_id
+        if in_use is None:
+            continue
+        if new.key_id == in_use:
+            raise KeyRotationError(f"key ID {in_use} is in use by {node}; a new key needs a new key ID")
+        if older_key_id(in_use, new.key_id) != in_use:
+            raise KeyRotationError(f"key ID {new.key_id} goes backwards from {in_use}, used by {node}")
+    store.put_key_secret(line_text.strip(), name=secret_name)
     return new
 
 
