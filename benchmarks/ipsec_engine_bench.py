@@ -112,7 +112,7 @@ def engine_state(local: BenchNode, remote: BenchNode, line: KeyLine) -> IPsecEng
 
 
 @contextmanager
-def engines(nodes: list[BenchNode], files: Path, batch: int) -> Iterator[list[int]]:
+def engines(nodes: list[BenchNode], files: Path, batch: int, offload: bool) -> Iterator[list[int]]:
     line = generate_line(key_id=3)
     processes = []
     try:
@@ -123,6 +123,7 @@ def engines(nodes: list[BenchNode], files: Path, batch: int) -> Iterator[list[in
             argv = [
                 sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner", "--state", str(state_path),
                 "--tun", TUN, "--control", str(control), "--batch", str(batch),
+                "--offload" if offload else "--no-offload",
             ]  # fmt: skip
             log = files / f"{node.plan.name}.log"
             with open(log, "wb") as output:
@@ -190,15 +191,30 @@ def report(name: str, samples: list[Sample]) -> None:
     ]
     engine = f"{statistics.median(engine_values):6.2f}" if engine_values else "     -"
     runs = ", ".join(f"{sample.gbit_per_s:.2f}" for sample in samples)
-    print(f"{name:<28} {gbit:8.2f} {engine:>18} {machine:18.2f}   ({runs})")
+    print(f"{name:<32} {gbit:8.2f} {engine:>18} {machine:18.2f}   ({runs})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per path; the median is shown")
-    parser.add_argument("--batch", type=int, default=64, help="the engine's packets per wakeup")
+    parser.add_argument(
+        "--batches", default="64", help="the engine's packets per source and wakeup; each value is a path"
+    )
+    parser.add_argument(
+        "--modes",
+        default="plain,offload",
+        help="engine modes to compare, in the same run: plain (no vnet_hdr), offload (GSO writes to the TUN)",
+    )
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = set(modes) - {"plain", "offload"}
+    if unknown or not modes:
+        parser.error(f"--modes takes plain and/or offload, got {args.modes!r}")
+    try:
+        batches = [int(batch) for batch in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches takes integers, got {args.batches!r}")
     lab = "cmie" + secrets.token_hex(2)
     plan = plan_topology(lab, 2, choose_subnet(host_networks()))
     try:
@@ -210,12 +226,11 @@ def main() -> int:
         wire(nodes)
         a, b = nodes
         veth: list[Sample] = []
-        engine: list[Sample] = []
-        with (
-            tempfile.TemporaryDirectory(prefix="cmie-bench-") as files,
-            engines(nodes, Path(files), args.batch) as pids,
-        ):
-            for _ in range(args.repeats):  # interleaved, so both paths see the same machine
+        engine: dict[tuple[str, int], list[Sample]] = {
+            (mode, batch): [] for mode in modes for batch in batches
+        }
+        with tempfile.TemporaryDirectory(prefix="cmie-bench-") as files:
+            for _ in range(args.repeats):  # interleaved, so every path sees the same machine
                 veth.append(
                     measure(
                         a.plan.netns,
@@ -226,22 +241,28 @@ def main() -> int:
                         engine_pids=[],
                     )
                 )
-                engine.append(
-                    measure(
-                        a.plan.netns,
-                        b.plan.netns,
-                        target=b.pod,
-                        bind=a.pod,
-                        seconds=args.seconds,
-                        engine_pids=pids,
-                    )
-                )
-        print(f"one TCP stream, {args.seconds:g} s, median of {args.repeats}; nproc {os.cpu_count()}")
+                for (mode, batch), samples in engine.items():
+                    with engines(nodes, Path(files), batch, mode == "offload") as pids:
+                        samples.append(
+                            measure(
+                                a.plan.netns,
+                                b.plan.netns,
+                                target=b.pod,
+                                bind=a.pod,
+                                seconds=args.seconds,
+                                engine_pids=pids,
+                            )
+                        )
         print(
-            f"{'path':<28} {'Gbit/s':>8} {'engines CPU-s/GB':>18} {'machine CPU-s/GB':>18}   (runs, Gbit/s)"
+            f"one TCP stream, {args.seconds:g} s, median of {args.repeats}; pod MTU {MTUS.pod}; "
+            f"nproc {os.cpu_count()}"
+        )
+        print(
+            f"{'path':<32} {'Gbit/s':>8} {'engines CPU-s/GB':>18} {'machine CPU-s/GB':>18}   (runs, Gbit/s)"
         )
         report("veth + bridge, no crypto", veth)
-        report(f"ipsec engines, MTU {MTUS.pod}", engine)
+        for (mode, batch), samples in engine.items():
+            report(f"ipsec engines {mode}, batch {batch}", samples)
     finally:
         teardown(lab)
     return 0

@@ -94,11 +94,11 @@ class Pair:
     def key(self, spi: int, src: Node, dst: Node) -> KeyLine:
         return derive_tunnel_key(self.lines[spi], src.router, dst.router, src.boot_id, dst.boot_id)
 
-    def start(self, node: Node, state: IPsecEngineState) -> None:
+    def start(self, node: Node, state: IPsecEngineState, *options: str) -> None:
         write_state_file(node.state_path, state)
         argv = [
             sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner",
-            "--state", str(node.state_path), "--tun", TUN, "--control", str(node.control),
+            "--state", str(node.state_path), "--tun", TUN, "--control", str(node.control), *options,
         ]  # fmt: skip
         with open(node.log, "ab") as log:
             node.process = netns.popen(node.netns, argv, stdout=log, stderr=subprocess.STDOUT)

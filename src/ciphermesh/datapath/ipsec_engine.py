@@ -2,7 +2,8 @@
 
 The kernel adds and strips the outer IPv4 header (router IP to router IP) and routes ESP through
 cilium_vxlan; the engine only seals and opens. One thread runs `run()`; `apply()` and `status()` may be
-called from any other thread.
+called from any other thread. On a TUN opened with vnet_hdr (`IPsecEngine.open`), the packets opened in
+one wakeup are written with runs of TCP segments merged into one GSO packet (`tcp_coalesce`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from ciphermesh.datapath.ipsec_engine_drops import EngineDrop, new_drop_counts
 from ciphermesh.datapath.ipsec_state import IPsecEngineState
 from ciphermesh.datapath.ipsec_tables import IPsecTables, SAParams
+from ciphermesh.datapath.tcp_coalesce import VNET_HDR_LEN, coalesce
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.esp import PROTO_ESP, Counters, Drop
 
@@ -32,6 +34,7 @@ _SEND_ERROR = EngineDrop.EngineOutSendError
 _DELIVER_ERROR = EngineDrop.EngineInDeliverError
 _READ_ERROR = EngineDrop.EngineReadError
 _INTERNAL_ERROR = EngineDrop.EngineInternalError
+_OFFLOADED = EngineDrop.EngineTunOffloaded
 _DROP_NAMES = frozenset(Drop)
 
 
@@ -72,6 +75,24 @@ class IPsecEngine:
         self._retired = Counters()
         self._tables = IPsecTables.empty(new_drop_counts())
 
+    @classmethod
+    def open(
+        cls,
+        tun_name: str,
+        *,
+        offload: bool = True,
+        esp_socket: socket.socket | None = None,
+        params: SAParams | None = None,
+        batch: int = DEFAULT_BATCH,
+    ) -> IPsecEngine:
+        """An engine on TUN device `tun_name` (created if missing); `offload` opens it with vnet_hdr."""
+        tun = TunDevice(tun_name, vnet_hdr=offload)
+        try:
+            return cls(tun, esp_socket=esp_socket, params=params, batch=batch)
+        except BaseException:
+            tun.close()
+            raise
+
     def apply(self, state: IPsecEngineState) -> None:
         """Converge to `state`: unchanged SAs keep their counters, changed ones are replaced, others dropped.
 
@@ -99,14 +120,22 @@ class IPsecEngine:
         fd = self._tun.fileno()
         sendmsg = self._sock.sendmsg
         ancillary = tables.ancillary
+        vnet = self._tun.vnet_hdr
+        read = os.read
         for _ in range(self._batch):
             try:
-                packet = os.read(fd, MAX_PACKET)
+                packet = read(fd, MAX_PACKET)
             except BlockingIOError:
                 return
             except OSError:
                 counts[_READ_ERROR] += 1
                 return
+            if vnet:
+                # Without TUNSETOFFLOAD the kernel hands over complete packets: flags and GSO type are 0.
+                if packet[0] or packet[1]:
+                    counts[_OFFLOADED] += 1
+                    continue
+                packet = packet[VNET_HDR_LEN:]
             try:
                 sealed = tables.seal(packet)
                 if sealed is None:
@@ -129,20 +158,26 @@ class IPsecEngine:
         counts = tables.counts
         fd = self._tun.fileno()
         recv = self._sock.recv
+        open_ = tables.open
+        vnet = self._tun.vnet_hdr
+        opened_packets: list[bytes] = []
         for _ in range(self._batch):
             try:
                 packet = recv(MAX_PACKET, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 counts[_READ_ERROR] += 1
-                return
+                break
             try:
-                opened = tables.open(packet)
+                opened = open_(packet)
                 if opened is None:
                     continue
                 path, inner = opened
-                os.write(fd, inner)
+                if vnet:
+                    opened_packets.append(inner)
+                else:
+                    os.write(fd, inner)
             except OSError:
                 counts[_DELIVER_ERROR] += 1
                 continue
@@ -152,6 +187,24 @@ class IPsecEngine:
             stats = path.stats
             stats.packets_in += 1
             stats.bytes_in += len(inner)
+        if opened_packets:
+            self._deliver(fd, opened_packets)
+
+    def _deliver(self, fd: int, packets: list[bytes]) -> None:
+        """Write opened packets to the vnet_hdr TUN, TCP runs merged; a failed write counts its segments."""
+        counts = self._tables.counts
+        writev = os.writev
+        try:
+            frames = coalesce(packets)
+        except Exception:
+            counts[_INTERNAL_ERROR] += len(packets)
+            return
+        for frame in frames:
+            try:
+                writev(fd, frame)
+            except OSError:
+                # A merged frame carries its segments: each one is a lost packet.
+                counts[_DELIVER_ERROR] += len(frame) - 3 if len(frame) > 2 else 1
 
     def status(self) -> dict[str, Any]:
         """JSON-friendly: keys in use, highest outbound sequence number, errors by name, and per peer."""

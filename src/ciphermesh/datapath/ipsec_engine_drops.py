@@ -24,6 +24,8 @@ class EngineDrop(StrEnum):
     """Writing a decapsulated packet to the TUN device failed."""
     EngineReadError = "EngineReadError"
     """Reading the TUN device or the raw socket failed with something other than "nothing queued"."""
+    EngineTunOffloaded = "EngineTunOffloaded"
+    """The TUN handed over a GSO packet (offloads set on the device by someone else); it is dropped."""
     EngineInternalError = "EngineInternalError"
     """Processing one packet raised unexpectedly (a bug); the packet is dropped and the loop goes on."""
 

@@ -26,7 +26,6 @@ from ciphermesh.datapath.ipsec_engine import (
     open_esp_socket,
 )
 from ciphermesh.datapath.ipsec_state_file import StateFileError, read_state_file
-from ciphermesh.datapath.tun import TunDevice
 
 _PROG = "ipsec-engine"
 
@@ -75,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", type=Path, required=True, help="unix socket path for status/reload")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="packets per source and wakeup")
     parser.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="open the TUN with vnet_hdr and write TCP runs as one GSO packet (default: on)",
+    )
+    parser.add_argument(
         "--socket-buffer", type=int, default=DEFAULT_SOCKET_BUFFER, help="raw socket buffer sizes (bytes)"
     )
     return parser
@@ -84,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         state = read_state_file(args.state)
-        tun = TunDevice(args.tun)
+        sock = open_esp_socket(args.socket_buffer)
     except (StateFileError, OSError, ValueError) as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return 1
     try:
-        engine = IPsecEngine(tun, esp_socket=open_esp_socket(args.socket_buffer), batch=args.batch)
+        engine = IPsecEngine.open(args.tun, offload=args.offload, esp_socket=sock, batch=args.batch)
     except (OSError, ValueError) as exc:
-        tun.close()
+        sock.close()
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return 1
     with engine:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         control = threading.Thread(target=server.serve_forever, name="control", daemon=True)
         control.start()
-        print(f"{_PROG}: ready on {tun.name}, control {args.control}", file=sys.stderr, flush=True)
+        print(f"{_PROG}: ready on {args.tun}, control {args.control}", file=sys.stderr, flush=True)
         try:
             engine.run(stop)
         finally:

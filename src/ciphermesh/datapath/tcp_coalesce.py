@@ -58,6 +58,8 @@ class _Run:
         "header_sums",
         "length",
         "next_seq",
+        "odd_count",
+        "odd_sums",
         "psh",
         "rest",
     )
@@ -70,8 +72,12 @@ class _Run:
         self.count = 1
         self.length = payload_len
         self.next_seq = (seq + payload_len) & 0xFFFFFFFF
-        # The sum over segments of (TCP header words, checksum included, + TCP length): see frame().
+        # The sum of (TCP header words, checksum included, + TCP length) over the segments whose payload
+        # starts at an even offset of the merged payload (see frame()), and over those at an odd one
+        # (every second segment when gso_size is odd, as with the IPsec pod MTU of 1393).
         self.header_sums = header + tcp_len + payload_len
+        self.odd_count = 0
+        self.odd_sums = 0
         self.psh = bool(first[33] & _PSH)
         self.closed = self.psh
 
@@ -90,10 +96,13 @@ class _Run:
         tcp[16:18] = b"\x00\x00"
         # Each segment i was valid: A + L_i + H_i + P_i = 0 in one's complement, with A the pseudo
         # header's address and protocol words, L_i the TCP length, H_i the header words (checksum
-        # included) and P_i the payload words. Payloads land at even offsets (gso_size is even), so
-        # the merged payload sums to -(n*A + sum(L_i + H_i)).
+        # included) and P_i the payload words. A payload at an even offset of the merged payload adds
+        # P_i to its sum; one at an odd offset adds P_i with its bytes swapped, which modulo 0xFFFF is
+        # 256 * P_i. So the merged payload sums to -(n_even*A + sum_even(L_i + H_i)) - 256 * (the same
+        # over the odd ones).
         pseudo = int.from_bytes(first[12:20], "big") + 6
-        payload = -(self.count * pseudo + self.header_sums)
+        odd = self.odd_count
+        payload = -(self.count - odd) * pseudo - self.header_sums - 256 * (odd * pseudo + self.odd_sums)
         checksum = -(pseudo + total - 20 + int.from_bytes(tcp, "big") + payload) % _ONES
         tcp[16:18] = checksum.to_bytes(2, "big")
         vnet = _VNET_HDR.pack(0, VIRTIO_NET_HDR_GSO_TCPV4, header_len, self.gso_size, 0, 0)
@@ -129,20 +138,22 @@ def coalesce(packets: Iterable[bytes]) -> list[Frame]:
                     and run.length + payload_len + 20 + tcp_len <= _MAX_IP_PACKET
                 ):
                     run.rest.append(packet[20 + tcp_len :])
+                    if run.length & 1:
+                        run.odd_count += 1
+                        run.odd_sums += header + tcp_len + payload_len
+                    else:
+                        run.header_sums += header + tcp_len + payload_len
                     run.count += 1
                     run.length += payload_len
                     run.next_seq = (seq + payload_len) & 0xFFFFFFFF
-                    run.header_sums += header + tcp_len + payload_len
                     # PSH ends a run, and so does a short segment: only the last may be short.
                     run.psh = bool(flags & _PSH)
                     run.closed = run.psh or payload_len < run.gso_size
                     continue
-                if payload_len % 2 == 0:
-                    run = _Run(packet, header, tcp_len, payload_len, seq)
-                    runs[key] = run
-                    out.append(run)
-                    continue
-                runs.pop(key, None)
+                run = _Run(packet, header, tcp_len, payload_len, seq)
+                runs[key] = run
+                out.append(run)
+                continue
             elif runs:
                 runs.pop(packet[12:24], None)  # keep the flow in order: nothing merges across this
         elif runs and size >= 24 and packet[9] == 6 and packet[0] >> 4 == 4:
