@@ -193,8 +193,9 @@ def test_sigkilled_agent_fails_closed_and_recovers_on_restart(ready_lab: Lab, tm
             eventually(lambda: bool(a_to_b.replies() and b_to_a.replies()), 10.0, "both pings answered")
             _kill(pid, signal.SIGKILL, 5.0)
             killed_at = time.time()
-            # The TUN went with the engine's fd: what was routed into it now meets `unreachable`.
-            assert not _tun_present(lab, "node-2")
+            # The TUN goes with the engine's fd (the kernel unregisters it just after the exit): what was
+            # routed into it then meets `unreachable`.
+            eventually(lambda: not _tun_present(lab, "node-2"), 5.0, "node-2's TUN gone")
             assert agent_status(lab.info, "node-2") is None
             assert replies(a, b.ip, 3) == 0
             assert replies(b, a.ip, 3) == 0
@@ -282,7 +283,7 @@ def test_sigterm_stops_agent_cleanly_and_restart_brings_it_back(ready_lab: Lab) 
     # Gone from the store at once: the agent revoked its lease (expiry would take the 10 s TTL).
     with connect(lab.info) as store:
         assert "node-3" not in {node.value.name for node in store.list_nodes()}
-    assert not _tun_present(lab, "node-3")
+    eventually(lambda: not _tun_present(lab, "node-3"), 5.0, "node-3's TUN gone")
     node3 = lab.info.netns_of("node-3")
     remote = [r for r in ip_json(node3, "route", "show", "proto", "151") if r.get("type") != "unreachable"]
     assert remote == [], remote
