@@ -13,9 +13,10 @@ from typing import Any
 
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
 from ciphermesh.agent.keyring import KeyRing
-from ciphermesh.agent.plan import DesiredDatapath, Mode, plan
+from ciphermesh.agent.plan import WIREGUARD_PORT, DesiredDatapath, Mode, plan
 from ciphermesh.agent.status_socket import StatusSocketServer
 from ciphermesh.agent.watch import ClusterView
+from ciphermesh.agent.wireguard_key import load_or_create_private_key
 from ciphermesh.config import Values
 from ciphermesh.datapath.ipsec_engine import IPsecEngine
 from ciphermesh.datapath.mtu import Mtus, plan_mtus
@@ -25,14 +26,17 @@ from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
 from ciphermesh.datapath.routing import reconcile_engine_routing, remove_engine_routing
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
+from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
 from ciphermesh.store.base import NodeRegistration, Store
 from ciphermesh.store.errors import PodCIDRTimeoutError
-from ciphermesh.store.model import Node
+from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
+from ciphermesh.wireguard.peer import PeerConfig
 
 log = logging.getLogger(__name__)
 
 ENGINE_TUN = "cm_ipsec"
 RESYNC_SECONDS = 5.0
+DEFAULT_STATE_DIR = Path("/var/run/cilium/state")
 
 
 class UnsupportedModeError(ValueError):
@@ -43,12 +47,15 @@ def agent_mode(values: Values) -> Mode:
     """The datapath mode the settings ask for; UnsupportedModeError for one not built yet."""
     if not values.flag("encryption.enabled"):
         return "disabled"
-    if values.text("encryption.type") != "ipsec":
-        raise UnsupportedModeError(
-            f"encryption.type={values.text('encryption.type')}: the agent does not run this mode yet; "
-            "refusing to start rather than send pod traffic unencrypted"
-        )
-    return "ipsec"
+    kind = values.text("encryption.type")
+    if kind == "ipsec":
+        return "ipsec"
+    if kind == "wireguard":
+        return "wireguard"
+    raise UnsupportedModeError(
+        f"encryption.type={kind}: the agent does not run this mode; "
+        "refusing to start rather than send pod traffic unencrypted"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class AgentOptions:
     values: Values
     status_socket: Path
     probe_interval: float = 15.0
+    # Where the WireGuard private key lives across restarts (Cilium: /var/run/cilium/state).
+    state_dir: Path = DEFAULT_STATE_DIR
 
 
 class Agent:
@@ -71,7 +80,7 @@ class Agent:
         self.ipr = ipr
         self.boot_id = str(uuid.uuid4())
         self.mode: Mode = agent_mode(options.values)
-        self.mtus: Mtus = plan_mtus("ipsec" if self.mode == "ipsec" else "none")
+        self.mtus: Mtus = plan_mtus("none" if self.mode == "disabled" else self.mode)
         self.phase = "starting"
         self.problems: list[str] = []
         self.waiting: tuple[str, ...] = ()
@@ -86,6 +95,10 @@ class Agent:
         self._engine_stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
         self._tun: TunDevice | None = None
+        self._wireguard: WireGuardNode | None = None
+        if self.mode == "wireguard":
+            key = load_or_create_private_key(options.state_dir)
+            self._wireguard = WireGuardNode(key, port=WIREGUARD_PORT, mtu=self.mtus.pod)
         self._health_server: HealthServer | None = None
         self._prober: HealthProber | None = None
         self._status = StatusSocketServer(options.status_socket, self.status)
@@ -117,7 +130,10 @@ class Agent:
         return max(0.05, min(RESYNC_SECONDS, expiry - time.monotonic()))
 
     def _start(self, stop: threading.Event) -> None:
-        node = Node(name=self.options.node, node_ip=str(self.options.node_ip), boot_id=self.boot_id)
+        # The public key is published with the registration, before the node is ever ready (as Cilium).
+        annotations = {WG_PUB_KEY_ANNOTATION: self._wireguard.public_key} if self._wireguard else {}
+        node = Node(name=self.options.node, node_ip=str(self.options.node_ip), boot_id=self.boot_id,
+                    annotations=annotations)
         self._registration = self.store.register_node(node)
         self.phase = "waiting for a pod CIDR from the operator"
         cidrs = self._wait_pod_cidrs(stop)
@@ -135,6 +151,8 @@ class Agent:
         self._health_server.start()
         if self.mode == "ipsec":
             self._start_engine()
+        if self._wireguard is not None:
+            self._wireguard.start()
         self._view.start()
         self.phase = "waiting for the cluster's state"
         while not stop.is_set() and not self._view.wait_synced(1.0):
@@ -196,19 +214,31 @@ class Agent:
 
     def _apply(self, desired: DesiredDatapath) -> None:
         assert self.router is not None and self.pod_cidr is not None
-        table = ESP_TABLE if desired.mode == "ipsec" else MAIN_TABLE
+        # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
+        table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
         reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
+        tun = None
         if desired.engine is not None and self._engine is not None:
             # SAs first, routes second: a route into the engine never meets a missing SA.
             self._engine.apply(desired.engine)
+            tun = ENGINE_TUN
+        elif desired.mode == "wireguard" and self._wireguard is not None:
+            # Peers first, routes second, for the same reason.
+            self._wireguard.sync_peers([
+                PeerConfig(public_key=p.public_key, endpoint=p.endpoint, allowed_ips=p.allowed_ips)
+                for p in desired.wireguard_peers
+            ])
+            tun = WG_IFNAME
+        if tun is not None:
             remove_overlay_routing(self.ipr)
             reconcile_engine_routing(
                 self.ipr,
-                tun=ENGINE_TUN,
+                tun=tun,
                 local_router_ip=self.router,
                 local_pod_cidrs=[self.pod_cidr],
                 remotes=desired.remotes,
                 mtu=self.mtus.pod,
+                blocked=desired.blocked,
             )
         else:
             remove_engine_routing(self.ipr)
@@ -230,7 +260,7 @@ class Agent:
 
     def _encryption_summary(self) -> dict[str, Any]:
         ipsec = self.mode == "ipsec"
-        return {"mode": self.mode, "engine": "userspace" if ipsec else None,
+        return {"mode": self.mode, "engine": None if self.mode == "disabled" else "userspace",
                 "keyID": self.keyring.current_id if ipsec else None,
                 "rotationInProgress": ipsec and self.keyring.rotating}
 
@@ -246,6 +276,8 @@ class Agent:
         """What `ciphermesh status` and `encryption status` show for this node."""
         health = [r.as_dict() for r in self._prober.results()] if self._prober else []
         engine = self._engine.status() if self._engine else None
+        if self._wireguard is not None:
+            engine = self._wireguard.status()
         peers = [n for n in self._view.nodes() if n.name != self.options.node]
         return {
             "name": self.options.node,
@@ -280,6 +312,8 @@ class Agent:
         if self._tun is not None:
             # The TUN goes with its last fd; the fail-closed routes then take over its pod CIDRs.
             self._tun.close()
+        if self._wireguard is not None:
+            self._wireguard.stop()
         if self._registration is not None:
             self._registration.close(revoke=True)
         self._status.stop()

@@ -13,8 +13,20 @@ from ciphermesh.datapath.vxlan_peers import VxlanPeer
 from ciphermesh.keys import KeyLine, derive_tunnel_key
 from ciphermesh.keys.rotation import older_key_id
 from ciphermesh.store.model import Node
+from ciphermesh.wireguard.keys import InvalidKeyError, PublicKey
 
-Mode = Literal["disabled", "ipsec"]
+Mode = Literal["disabled", "ipsec", "wireguard"]
+WIREGUARD_PORT = 51871
+
+
+@dataclass(frozen=True)
+class WireGuardPeer:
+    """A peer as cilium_wg0 holds it: its public key, `nodeIP:51871`, and its pod CIDRs as allowed IPs."""
+
+    name: str
+    public_key: PublicKey
+    endpoint: tuple[str, int]
+    allowed_ips: tuple[IPv4Network, ...]
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,9 @@ class DesiredDatapath:
     remotes: tuple[RemoteNode, ...]
     engine: IPsecEngineState | None
     waiting: tuple[str, ...]
+    wireguard_peers: tuple[WireGuardPeer, ...] = ()
+    # Pod CIDRs of peers this node cannot encrypt to yet: only their fail-closed route, never plaintext.
+    blocked: tuple[IPv4Network, ...] = ()
 
 
 def outbound_spi(local_key_id: int, peer_key_id: int | None, keys: Mapping[int, KeyLine]) -> int | None:
@@ -54,8 +69,9 @@ def plan(
     keys: Mapping[int, KeyLine],
     current_key_id: int | None,
 ) -> DesiredDatapath:
-    """The datapath for `local`: VXLAN peers and routes for every ready peer, SAs for each in IPsec mode.
+    """The datapath for `local`: VXLAN peers and routes for every ready peer, SAs or WireGuard peers.
 
+    A peer that publishes another encryption mode, or in WireGuard mode no public key, is `blocked`.
     `keys` holds every key this node accepts (the current one and those still in their grace period),
     by key ID; `current_key_id` is the one it sends with when the peer has it too.
     """
@@ -67,7 +83,11 @@ def plan(
     vxlan_peers: list[VxlanPeer] = []
     remotes: list[RemoteNode] = []
     engine_peers: list[IPsecPeer] = []
+    wireguard_peers: list[WireGuardPeer] = []
+    blocked: list[IPv4Network] = []
     waiting: list[str] = []
+    # Public keys already in use: ours, then each accepted peer's (Cilium refuses a duplicate too).
+    taken = {PublicKey.from_base64(local.wg_pub_key).raw} if local.wg_pub_key is not None else set()
     for peer in sorted(peers, key=lambda node: node.name):
         ready = _ready_peer(local, peer)
         if ready is None:
@@ -76,6 +96,18 @@ def plan(
             continue
         node_ip, router_ip, cidrs = ready
         vxlan_peers.append(VxlanPeer(node_ip, router_ip))
+        peer_mode = peer.encryption.get("mode")
+        if peer_mode is not None and peer_mode != mode:
+            waiting.append(f"{peer.name}: runs encryption mode {peer_mode}, this node {mode}; "
+                           "traffic to its pods is dropped (restart the lab with one encryption.type)")
+            blocked.extend(cidrs)
+            continue
+        if mode == "wireguard":
+            wg_peer = _wireguard_peer(peer, node_ip, cidrs, taken, waiting)
+            if wg_peer is None:
+                blocked.extend(cidrs)
+                continue
+            wireguard_peers.append(wg_peer)
         remotes.append(RemoteNode(router_ip, cidrs))
         if mode != "ipsec":
             continue
@@ -88,7 +120,27 @@ def plan(
     engine = IPsecEngineState(local_router, tuple(engine_peers)) if mode == "ipsec" else None
     if mode == "ipsec" and current_key_id is None:
         waiting.append("no valid IPsec key in the secret yet")
-    return DesiredDatapath(mode, tuple(vxlan_peers), tuple(remotes), engine, tuple(waiting))
+    return DesiredDatapath(mode, tuple(vxlan_peers), tuple(remotes), engine, tuple(waiting),
+                           tuple(wireguard_peers), tuple(blocked))
+
+
+def _wireguard_peer(
+    peer: Node, node_ip: IPv4Address, cidrs: tuple[IPv4Network, ...], taken: set[bytes], waiting: list[str]
+) -> WireGuardPeer | None:
+    text = peer.wg_pub_key
+    if text is None:
+        waiting.append(f"{peer.name}: has not published a WireGuard public key")
+        return None
+    try:
+        public_key = PublicKey.from_base64(text)
+    except InvalidKeyError as exc:
+        waiting.append(f"{peer.name}: WireGuard public key refused: {exc}")
+        return None
+    if public_key.raw == bytes(len(public_key.raw)) or public_key.raw in taken:
+        waiting.append(f"{peer.name}: WireGuard public key refused: all zero or used by another node")
+        return None
+    taken.add(public_key.raw)
+    return WireGuardPeer(peer.name, public_key, (str(node_ip), WIREGUARD_PORT), cidrs)
 
 
 def _ipsec_peer(

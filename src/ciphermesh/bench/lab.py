@@ -33,6 +33,8 @@ SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
     LabScenario("disabled", "lab, encryption disabled (kernel VXLAN)", ()),
     LabScenario("ipsec", "lab, IPsec userspace engine",
                 ("encryption.enabled=true", "encryption.type=ipsec")),
+    LabScenario("wireguard", "lab, WireGuard userspace engine",
+                ("encryption.enabled=true", "encryption.type=wireguard")),
     WireguardGoScenario(),
 )}
 DEFAULT_SCENARIOS = ("disabled", "ipsec", "wireguard-go")

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ciphermesh.agent.daemon import Agent, AgentOptions, UnsupportedModeError
+from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions, UnsupportedModeError
+from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.config import Values
+from ciphermesh.datapath.errors import DatapathError
 from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
 from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
@@ -55,15 +57,18 @@ def _agent(args: argparse.Namespace) -> int:
         values=values,
         status_socket=args.status_socket,
         probe_interval=args.probe_interval,
+        state_dir=args.state_dir,
     )
     with IPRoute() as ipr:
         try:
             agent = Agent(options, store, ipr)
-        except UnsupportedModeError as exc:
+        except (UnsupportedModeError, KeyFileError) as exc:
             store.close()
             raise CliError(f"agent: {exc}") from None
         try:
             agent.run(stop)
+        except DatapathError as exc:
+            raise CliError(f"agent: {exc}") from None
         finally:
             store.close()
     return 0
@@ -119,6 +124,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agent.add_argument("--node-ip", required=True, type=IPv4Address, help="this node's address on eth0")
     agent.add_argument("--status-socket", required=True, type=Path, help="unix socket for status queries")
     agent.add_argument("--probe-interval", type=float, default=15.0, help="seconds between health probes")
+    agent.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                       help=f"state kept across restarts: the WireGuard key (default {DEFAULT_STATE_DIR})")
     agent.set_defaults(func=_agent)
     operator = sub.add_parser("operator", help="run the operator (cluster-pool IPAM)")
     _common(operator)

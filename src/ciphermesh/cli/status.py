@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
 
 from rich.console import Console
@@ -85,6 +86,9 @@ def _encryption_status(args: argparse.Namespace) -> int:
         console.print(f"IPsec errors: {summary['errorCount']} across all nodes")
         for name, count in sorted(summary["errors"].items()):
             console.print(f"\t{name}: {count}")
+    if summary["mode"] == "wireguard":
+        _print_wireguard(console, status["nodes"])
+        return 0
     table = Table("NODE", "MODE", "KEY ID", "KEYS IN USE", "MAX SEQ. NUMBER", "ERRORS", "ROTATING", box=None)
     for node in status["nodes"]:
         table.add_row(node["name"], _MODE_NAMES.get(node["mode"], node["mode"]), str(node["keyID"] or "-"),
@@ -95,6 +99,30 @@ def _encryption_status(args: argparse.Namespace) -> int:
         for problem in node["problems"]:
             console.print(f"[yellow]{node['name']}[/]: {problem}")
     return 0
+
+
+def _print_wireguard(console: Console, nodes: list[dict[str, Any]]) -> None:
+    """Per node what `cilium-dbg encrypt status` shows for WireGuard, then each peer as `wg show` does."""
+    now = time.time()
+    for node in nodes:
+        console.print(f"{node['name']}: Interface: {node['interface'] or '-'}")
+        console.print(f"\tPublic key: {node['publicKey'] or '-'}")
+        console.print(f"\tNumber of peers: {node['peerCount']}")
+        console.print(f"\tErrors: {node['errorCount']}")
+        drops = ", ".join(f"{name}: {count}" for name, count in sorted(node["drops"].items()))
+        console.print(f"\tDrops: {drops or 0}")
+    table = Table("NODE", "PEER", "ENDPOINT", "ALLOWED IPS", "LATEST HANDSHAKE", "TRANSFER", box=None)
+    for node in nodes:
+        for peer in node["peers"]:
+            handshake = peer["latestHandshake"]
+            ago = f"{max(0, int(now - handshake))} s ago" if handshake else "never"
+            transfer = f"{peer['rxBytes']} B received, {peer['txBytes']} B sent"
+            table.add_row(node["name"], peer["publicKey"], peer["endpoint"] or "-",
+                          ",".join(peer["allowedIPs"]), ago, transfer)
+    console.print(table)
+    for node in nodes:
+        for problem in node["problems"]:
+            console.print(f"[yellow]{node['name']}[/]: {problem}")
 
 
 def _sa_list(args: argparse.Namespace) -> int:

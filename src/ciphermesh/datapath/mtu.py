@@ -1,7 +1,7 @@
 """MTUs of a node's devices: what each encapsulation costs, and what is left for pods.
 
 With a 1500-byte eth0 the numbers are: cilium_vxlan 1450; pods, lxc veths, the TUN and routes to remote
-pods 1393 with IPsec (AES-GCM, 16-byte ICV), 1370 with WireGuard, 1450 without encryption.
+pods 1393 with IPsec (AES-GCM, 16-byte ICV), 1420 with WireGuard, 1450 without encryption.
 """
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ def plan_mtus(encryption: Encryption, device_mtu: int = ETHERNET_MTU, icv_len: i
 
     IPsec: the engine's ESP packet (pod MTU + ESP overhead) goes through cilium_vxlan, so
     pod = device - 50 - 57 = 1393 for eth0 1500; the largest ESP packet is 1450 and its frame on eth0 1500.
-    WireGuard: pod = device - 50 - 80 = 1370, as Cilium sets it in tunnel mode.
+    WireGuard: pod traffic bypasses VXLAN (as in Cilium <= 1.13): cilium_wg0's datagrams go straight
+    between node IPs, so cilium_wg0 and pods get device - 80 = 1420, Cilium's cilium_wg0 MTU.
     """
     vxlan = device_mtu - VXLAN_OVERHEAD
     if encryption == "ipsec":
         pod = vxlan - esp_overhead(icv_len)
     elif encryption == "wireguard":
-        pod = vxlan - WIREGUARD_OVERHEAD
+        pod = device_mtu - WIREGUARD_OVERHEAD
     else:
         pod = vxlan
     if pod < 576:

@@ -84,9 +84,13 @@ def reconcile_engine_routing(
     local_pod_cidrs: Iterable[IPv4Network],
     remotes: Iterable[RemoteNode],
     mtu: int,
+    blocked: Iterable[IPv4Network] = (),
 ) -> Changes:
-    """Make the rule and the main-table routes match; without `tun`, fail closed, then DeviceMissingError."""
-    local = tuple(local_pod_cidrs)
+    """Make the rule and the main-table routes match; without `tun`, fail closed, then DeviceMissingError.
+
+    `blocked`: remote pod CIDRs the engine cannot carry yet; they get only the `unreachable` route.
+    """
+    local = (*local_pod_cidrs, *blocked)
     remote_cidrs = _check(local, remotes)
     changes = Changes()
     _ensure_esp_table_floor(ipr, changes)

@@ -175,7 +175,7 @@ def start_agent(info: LabInfo, node: str) -> int:
     common = ["--store", info.store, "--cluster", info.name, "-f", str(info.paths.values)]
     argv = _daemon_argv(
         "agent", *common, "--node", node, "--node-ip", info.node_ips[node],
-        "--status-socket", str(info.paths.agent_socket(node)),
+        "--status-socket", str(info.paths.agent_socket(node)), "--state-dir", str(info.paths.node_dir(node)),
     )
     return start_daemon(argv, pidfile=info.paths.pids / f"agent-{node}.pid",
                         log=info.paths.logs / f"agent-{node}.log", netns=info.netns_of(node))

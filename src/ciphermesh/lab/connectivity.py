@@ -32,6 +32,7 @@ from ciphermesh.lab.wire_verdict import (
     SanityExpectation,
     Verdict,
     WireEvidence,
+    WireGuardExpectation,
     judge,
     markers_in,
     tunnel_pairs,
@@ -132,9 +133,11 @@ def check_plan(info: LabInfo) -> CheckPlan:
     if not values.flag("encryption.enabled"):
         return CheckPlan("disabled", cidrs, SanityExpectation())
     kind = values.text("encryption.type")
+    if kind == "wireguard":
+        return CheckPlan("wireguard", cidrs, WireGuardExpectation(tunnel_pairs(n.node_ip for n in nodes)))
     if kind != "ipsec":
-        raise LabError(f"lab {info.name}: connectivity test checks IPsec and disabled encryption; "
-                       f"encryption.type={kind} is not checked yet")
+        raise LabError(f"lab {info.name}: connectivity test checks IPsec, WireGuard and disabled "
+                       f"encryption; encryption.type={kind} is not checked yet")
     spi = _ipsec_spi(info, values.text("encryption.ipsec.secretName"))
     tunnels = tunnel_pairs(str(node.router_ip) for node in nodes)
     return CheckPlan("ipsec", cidrs, IPsecExpectation(spi, tunnels))

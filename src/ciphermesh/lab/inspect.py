@@ -53,6 +53,7 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
         "routerIP": record.router_ip if record else None,
         "podCIDRs": list(record.pod_cidrs) if record else [],
         "bootID": record.boot_id if record else None,
+        "publicKey": record.wg_pub_key if record else None,
         "agent": live["agent"] if live else ("not answering" if record else "absent"),
         "encryption": {
             "mode": encryption.get("mode", "disabled"),
@@ -74,7 +75,7 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
     for node in status["nodes"]:
         engine = (node["live"] or {}).get("encryption", {}).get("engineStatus") or {}
         peers = engine.get("peers", [])
-        entries.append({
+        entry = {
             "name": node["name"],
             "mode": node["encryption"]["mode"],
             "engine": node["encryption"]["engine"],
@@ -87,26 +88,53 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
             "peers": peers,
             "agent": node["agent"],
             "problems": node["errors"],
-        })
+        }
+        if entry["mode"] == "wireguard":
+            entry.update(_wireguard_entry(node["publicKey"], engine))
+        entries.append(entry)
     modes = {entry["mode"] for entry in entries}
     errors: dict[str, int] = {}
     for entry in entries:
         for name, count in entry["errors"].items():
             errors[name] = errors.get(name, 0) + count
     keys_in_use = {entry["keysInUse"] for entry in entries}
+    mode = modes.pop() if len(modes) == 1 else "mixed"
     return {
         "nodes": entries,
         "summary": {
-            "mode": modes.pop() if len(modes) == 1 else "mixed",
+            "mode": mode,
             "nodes": len(entries),
             "keysInUse": sorted(keys_in_use),
             "expectedKeyCount": expected,
             "maxSeq": max((entry["maxSeq"] for entry in entries), default=0),
             "errorCount": sum(errors.values()),
             "errors": errors,
-            "rotationInProgress": any(e["rotationInProgress"] for e in entries)
-            or any(k != expected for k in keys_in_use),
+            "rotationInProgress": mode == "ipsec" and (
+                any(e["rotationInProgress"] for e in entries) or any(k != expected for k in keys_in_use)
+            ),
         },
+    }
+
+
+def _wireguard_entry(published_key: str | None, engine: dict[str, Any]) -> dict[str, Any]:
+    """Cilium's WireGuard status (interface, public key, peers), each peer's handshake and bytes."""
+    # I/O failures of the engine are errors; the protocol's drops (a few unknownIndex are seen at
+    # start-up, when both ends handshake at once) are reported apart.
+    errors = dict(engine.get("engineDrops", {}))
+    peers = [
+        {"publicKey": p["publicKey"], "endpoint": p["endpoint"], "allowedIPs": p["allowedIps"],
+         "latestHandshake": p["latestHandshake"], "rxBytes": p["rxBytes"], "txBytes": p["txBytes"]}
+        for p in engine.get("peers", [])
+    ]
+    return {
+        "interface": engine.get("interface"),
+        "publicKey": engine.get("publicKey", published_key),
+        "listenPort": engine.get("listenPort"),
+        "peerCount": len(peers),
+        "peers": peers,
+        "drops": engine.get("drops", {}),
+        "errors": errors,
+        "errorCount": sum(errors.values()),
     }
 
 

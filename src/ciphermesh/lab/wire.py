@@ -34,6 +34,7 @@ class WireReport:
     esp_by_spi: Counter[int] = field(default_factory=Counter)
     esp_tunnels: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     wireguard: int = 0
+    wireguard_pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
     plaintext_count: int = 0
     plaintext_samples: list[PlainPacket] = field(default_factory=list)
 
@@ -104,6 +105,7 @@ class _Analyser:
                 return
             if WIREGUARD_PORT in (sport, dport):
                 self.report.wireguard += 1
+                self.report.wireguard_pairs[(src, dst)] += 1
                 return
         if self._is_pod(src) or self._is_pod(dst):
             self.report.plaintext_count += 1
@@ -115,7 +117,7 @@ class _Analyser:
 def analyse_capture(
     pcap: bytes, pod_cidrs: Iterable[ipaddress.IPv4Network], *, samples: int = 10
 ) -> WireReport:
-    """Count ESP per SPI, WireGuard datagrams and plaintext between pod addresses, VXLAN unwrapped."""
+    """Count ESP per SPI, WireGuard datagrams per address pair and plaintext between pods, VXLAN unwrapped."""
     capture = parse_pcap(pcap)
     analyser = _Analyser(pod_cidrs, samples)
     for record in capture.records:

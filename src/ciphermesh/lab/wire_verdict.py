@@ -49,6 +49,8 @@ class WireEvidence:
         return self.report.as_dict() | {
             "espTunnels": [{"src": src, "dst": dst, "spi": spi, "packets": n}
                            for (src, dst, spi), n in sorted(self.report.esp_tunnels.items())],
+            "wireguardPairs": [{"src": src, "dst": dst, "datagrams": n}
+                               for (src, dst), n in sorted(self.report.wireguard_pairs.items())],
             "markersSent": len(self.markers_sent),
             "markersSeen": list(self.markers_seen),
             "droppedByKernel": self.dropped_by_kernel,
@@ -124,6 +126,37 @@ class IPsecExpectation:
 
 
 @dataclass(frozen=True)
+class WireGuardExpectation:
+    """WireGuard: no pod address in clear, and UDP 51871 datagrams in both directions between node IPs."""
+
+    pairs: tuple[tuple[str, str], ...]
+    mode: str = "wireguard"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        report = evidence.report
+        problems = []
+        if report.plaintext_count:
+            problems.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
+                            f"on the underlay{_plaintext_example(report)}")
+        if evidence.markers_seen:
+            problems.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+        for src, dst in self.pairs:
+            if report.wireguard_pairs[(src, dst)] == 0:
+                problems.append(f"no WireGuard (UDP 51871) from {src} to {dst}")
+        return problems
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        report = evidence.report
+        covered = sum(1 for pair in self.pairs if report.wireguard_pairs[pair])
+        return [
+            f"WireGuard (UDP 51871): {report.wireguard} datagrams, plaintext between pods: "
+            f"{report.plaintext_count}",
+            f"node pairs with WireGuard: {covered}/{len(self.pairs)}",
+            f"probe payloads found in the capture: {len(evidence.markers_seen)}/{len(evidence.markers_sent)}",
+        ]
+
+
+@dataclass(frozen=True)
 class SanityExpectation:
     """Encryption disabled: the capture must show the probes in clear, or the check itself is blind."""
 
@@ -173,6 +206,6 @@ def judge(probes: Sequence[ProbeRecord], evidence: WireEvidence, expectation: Ex
 
 
 def tunnel_pairs(router_ips: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    """Every ordered pair of distinct router IPs: each direction of each tunnel."""
+    """Every ordered pair of distinct addresses (router IPs, node IPs): each direction of each tunnel."""
     ips = list(router_ips)
     return tuple((a, b) for a in ips for b in ips if a != b)

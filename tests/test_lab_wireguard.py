@@ -1,0 +1,240 @@
+"""A real 3-node lab with encryption.type=wireguard: cilium_wg0 on every node, pod traffic only as
+WireGuard on UDP 51871 between node IPs, status as Cilium shows it, and a key that outlives the agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ciphermesh.agent.wireguard_key import KEY_FILENAME
+from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, load_lab, start_agent, wait_ready
+from ciphermesh.lab.pod_registry import PodRecord, get_pod
+from ciphermesh.lab.processes import pid_alive, start_daemon
+from ciphermesh.lab.wire_verdict import tunnel_pairs
+from ciphermesh.wireguard.keys import PrivateKey
+from lab_harness import (
+    UnderlayCapture,
+    analyse,
+    cli_json,
+    eventually,
+    ip_json,
+    lab_guard,
+    node_entries,
+    pod_cidrs,
+    reach_all,
+    replies,
+    run_cli,
+)
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.timeout(240),
+]
+
+WIREGUARD = ("--set", "encryption.enabled=true", "--set", "encryption.type=wireguard")
+NODES = ("node-1", "node-2", "node-3")
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Lab:
+    info: LabInfo
+    pods: dict[str, PodRecord]
+
+    @property
+    def name(self) -> str:
+        return str(self.info.name)
+
+    def key_file(self, node: str) -> Path:
+        return self.info.paths.node_dir(node) / KEY_FILENAME
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    name = "wg" + secrets.token_hex(2)
+    with lab_guard(name):
+        up = run_cli("lab", "up", "--name", name, "--nodes", "3", *WIREGUARD)
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
+        info = load_lab(name)
+        pods = {}
+        for pod, node in zip(("a", "b", "c"), NODES, strict=True):
+            created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
+            assert created.returncode == 0, created.stderr
+            pods[node] = get_pod(info, pod)
+        yield Lab(info, pods)
+
+
+@pytest.fixture
+def ready_lab(lab: Lab) -> Lab:
+    wait_ready(lab.info, READY_TIMEOUT)
+    reach_all(list(lab.pods.values()), timeout=10.0)
+    return lab
+
+
+def _published_keys(lab: Lab) -> dict[str, str | None]:
+    with connect(lab.info) as store:
+        return {v.value.name: v.value.wg_pub_key for v in store.list_nodes()}
+
+
+def test_cilium_wg0_keys_and_status(ready_lab: Lab) -> None:
+    lab = ready_lab
+    published = _published_keys(lab)
+    for node in NODES:
+        path = lab.key_file(node)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        raw = path.read_bytes()
+        assert len(raw) == 32
+        assert published[node] == PrivateKey(raw).public_key().to_base64()
+        links = ip_json(lab.info.netns_of(node), "link", "show")
+        (link,) = [li for li in links if li["ifname"] == "cilium_wg0"]
+        assert link["mtu"] == 1420 and "UP" in link["flags"]
+    assert len(set(published.values())) == 3
+
+    statuses = node_entries(lab.name)
+    for node in statuses.values():
+        assert node["encryption"] == {"mode": "wireguard", "engine": "userspace", "keyID": None}
+        assert node["publicKey"] == published[node["name"]]
+        assert node["errors"] == [] and node["health"]["reachable"] == 2
+
+    encryption = cli_json("encryption", "status", "--lab", lab.name)
+    assert encryption["summary"]["mode"] == "wireguard"
+    assert encryption["summary"]["rotationInProgress"] is False
+    for entry in encryption["nodes"]:
+        assert (entry["interface"], entry["listenPort"], entry["peerCount"]) == ("cilium_wg0", 51871, 2)
+        assert entry["publicKey"] == published[entry["name"]]
+        others = {published[n] for n in NODES if n != entry["name"]}
+        assert {peer["publicKey"] for peer in entry["peers"]} == others
+        for peer in entry["peers"]:
+            assert peer["endpoint"].endswith(":51871")
+            assert peer["latestHandshake"] > 0 and peer["rxBytes"] > 0 and peer["txBytes"] > 0, peer
+        assert entry["errorCount"] == 0, entry["errors"]
+        assert isinstance(entry["drops"], dict)
+
+    table = run_cli("encryption", "status", "--lab", lab.name)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("Encryption: Wireguard (3/3 nodes)\n"), table.stdout
+    assert table.stdout.count("Interface: cilium_wg0") == 3
+    assert table.stdout.count("Number of peers: 2") == 3
+
+
+def test_pod_traffic_is_only_wireguard_between_every_node_pair(ready_lab: Lab, tmp_path: Path) -> None:
+    lab = ready_lab
+    with UnderlayCapture(lab.name, tmp_path / "underlay.pcap") as capture:
+        reach_all(list(lab.pods.values()), timeout=5.0)
+        report = analyse(capture, pod_cidrs(lab.name))
+    assert report.plaintext_count == 0, report.plaintext_samples
+    assert report.esp == 0
+    node_ips = [lab.info.node_ips[node] for node in NODES]
+    missing = [pair for pair in tunnel_pairs(node_ips) if report.wireguard_pairs[pair] == 0]
+    assert missing == [], report.wireguard_pairs
+    assert set(report.wireguard_pairs) <= set(tunnel_pairs(node_ips))
+
+
+def test_connectivity_test_checks_wireguard(ready_lab: Lab) -> None:
+    # tcpdump on this shared 2-CPU machine sometimes drops a few packets, which rightly fails the
+    # verdict (the capture proves no absence then); such a run, and only such a run, is repeated once.
+    for _ in range(2):
+        result = run_cli("connectivity", "test", "--lab", ready_lab.name, "-o", "json", timeout=180)
+        report = json.loads(result.stdout) if result.stdout.startswith("{") else {}
+        reasons = report.get("verdict", {}).get("reasons", [])
+        if not reasons or not all(r.startswith("the capture is incomplete") for r in reasons):
+            break
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report["mode"] == "wireguard" and report["verdict"] == {"passed": True, "reasons": []}
+    assert "node pairs with WireGuard: 6/6" in report["summary"]
+    assert report["wire"]["plaintext"] == 0 and report["wire"]["markersSeen"] == []
+
+
+def test_agent_restart_keeps_the_public_key(ready_lab: Lab) -> None:
+    lab = ready_lab
+    before = _published_keys(lab)
+    boot = node_entries(lab.name)["node-2"]["bootID"]
+    pid = agent_pid(lab.info, "node-2")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not pid_alive(pid), 5.0, "the SIGKILLed agent ends")
+    start_agent(lab.info, "node-2")
+    wait_ready(lab.info, READY_TIMEOUT)
+    assert node_entries(lab.name)["node-2"]["bootID"] != boot
+    assert _published_keys(lab) == before
+    assert stat.S_IMODE(lab.key_file("node-2").stat().st_mode) == 0o600
+    reach_all(list(lab.pods.values()), timeout=15.0)
+    encryption = cli_json("encryption", "status", "--lab", lab.name)
+    for entry in encryption["nodes"]:
+        assert entry["publicKey"] == before[entry["name"]]
+        assert {p["publicKey"] for p in entry["peers"]} == {before[n] for n in NODES if n != entry["name"]}
+
+
+def _peer_keys(lab: Lab, node: str) -> set[str]:
+    entry = next(e for e in cli_json("encryption", "status", "--lab", lab.name)["nodes"] if e["name"] == node)
+    return {peer["publicKey"] for peer in entry["peers"]}
+
+
+def test_peers_follow_nodes_leaving_and_coming_back(ready_lab: Lab) -> None:
+    lab = ready_lab
+    keys = _published_keys(lab)
+    pid = agent_pid(lab.info, "node-3")
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    eventually(lambda: not pid_alive(pid), 10.0, "the agent of node-3 stops")
+    # A clean stop revokes node-3's record: the others drop it as a WireGuard peer.
+    eventually(lambda: _peer_keys(lab, "node-1") == {keys["node-2"]}, 15.0, "node-1 drops node-3")
+    start_agent(lab.info, "node-3")
+    wait_ready(lab.info, READY_TIMEOUT)
+    eventually(lambda: _peer_keys(lab, "node-1") == {keys["node-2"], keys["node-3"]}, 15.0,
+               "node-1 has node-3 back")
+    reach_all(list(lab.pods.values()), timeout=15.0)
+
+
+def _restart_agent_as_ipsec(lab: Lab, node: str) -> None:
+    """The node's agent replaced by one with encryption.type=ipsec, as on a misconfigured node."""
+    pid = agent_pid(lab.info, node)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not pid_alive(pid), 5.0, f"the agent of {node} ends")
+    paths = lab.info.paths
+    argv = [sys.executable, "-m", "ciphermesh", "agent", "--store", lab.info.store, "--cluster", lab.name,
+            "-f", str(paths.values), "--set", "encryption.type=ipsec", "--node", node,
+            "--node-ip", lab.info.node_ips[node], "--status-socket", str(paths.agent_socket(node)),
+            "--state-dir", str(paths.node_dir(node))]
+    start_daemon(argv, pidfile=paths.pids / f"agent-{node}.pid", log=paths.logs / f"agent-{node}.log",
+                 netns=lab.info.netns_of(node))
+
+
+def _waiting(lab: Lab, node: str) -> list[str]:
+    return list(node_entries(lab.name)[node]["waiting"])
+
+
+def test_a_node_in_another_mode_is_refused_without_plaintext(ready_lab: Lab, tmp_path: Path) -> None:
+    lab = ready_lab
+    a, c = lab.pods["node-1"], lab.pods["node-3"]
+    _restart_agent_as_ipsec(lab, "node-3")
+    mismatch = "node-3: runs encryption mode ipsec, this node wireguard"
+    eventually(lambda: any(w.startswith(mismatch) for w in _waiting(lab, "node-1")), 20.0,
+               "node-1 names node-3's mode")
+    eventually(lambda: any(w.startswith("node-1: runs encryption mode wireguard, this node ipsec")
+                           for w in _waiting(lab, "node-3")), 20.0, "node-3 names node-1's mode")
+    with UnderlayCapture(lab.name, tmp_path / "mismatch.pcap") as capture:
+        assert replies(a, c.ip, 3) == 0
+        assert replies(c, a.ip, 3) == 0
+        report = analyse(capture, pod_cidrs(lab.name))
+    assert report.plaintext_count == 0, report.plaintext_samples
+    pid = agent_pid(lab.info, "node-3")
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    eventually(lambda: not pid_alive(pid), 10.0, "the IPsec agent of node-3 stops")
+    start_agent(lab.info, "node-3")
+    wait_ready(lab.info, READY_TIMEOUT)
+    reach_all(list(lab.pods.values()), timeout=15.0)
