@@ -172,7 +172,7 @@ class Agent:
         return ()
 
     def _start_engine(self) -> None:
-        self._tun = TunDevice(ENGINE_TUN)
+        self._tun = TunDevice(ENGINE_TUN, vnet_hdr=True)
         self._engine = IPsecEngine(self._tun)
         self._engine_thread = threading.Thread(
             target=self._engine.run, args=(self._engine_stop,), name="ipsec-engine", daemon=True
