@@ -25,3 +25,12 @@ def test_lab_up_refuses_unknown_type_before_building(capsys: pytest.CaptureFixtu
     assert "encryption.type" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1
     assert "no lab named" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["encryption.nodeEncryption", "encryption.strictMode.enabled"])
+def test_settings_not_carried_out_yet_are_refused(setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnsupportedModeError, match=f"{setting}=true is not carried out"):
+        agent_mode(load_values(sets=["encryption.enabled=true", f"{setting}=true"]))
+    assert main(["lab", "up", "--name", "cmrefuse", "--set", f"encryption.enabled=true,{setting}=true"]) == 1
+    assert f"{setting}=true is not carried out" in capsys.readouterr().err
+    assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1

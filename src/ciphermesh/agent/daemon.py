@@ -45,6 +45,10 @@ class UnsupportedModeError(ValueError):
 
 def agent_mode(values: Values) -> Mode:
     """The datapath mode the settings ask for; UnsupportedModeError for one not built yet."""
+    for unbuilt in ("encryption.nodeEncryption", "encryption.strictMode.enabled"):
+        # Silently ignoring these would leave traffic unencrypted that the user asked to protect.
+        if values.flag(unbuilt):
+            raise UnsupportedModeError(f"{unbuilt}=true is not carried out yet; refusing to start")
     if not values.flag("encryption.enabled"):
         return "disabled"
     kind = values.text("encryption.type")
