@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _up(args: argparse.Namespace) -> int:
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=args.log_level.upper(), format=log_format, stream=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), format=log_format, stream=sys.stderr, force=True)
     timing = Timing()
     if args.rekey_after_time is not None:
         try:
