@@ -22,9 +22,9 @@ from typing import Any
 
 from ciphermesh.cli.main import main
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import lab_down
+from ciphermesh.lab.cluster import LabInfo, lab_down, load_lab
 from ciphermesh.lab.names import is_lab_netns, underlay_netns
-from ciphermesh.lab.pod_registry import PodRecord
+from ciphermesh.lab.pod_registry import PodRecord, get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.lab.wire import WireReport, analyse_capture
@@ -262,3 +262,19 @@ def ip_json(namespace: str, *args: str, tool: str = "ip") -> Any:
     """iproute2's own view (`ip -j ...`, `bridge -j ...`) inside a namespace."""
     out = netns.run(namespace, [tool, "-j", *args]).stdout
     return json.loads(out) if out.strip() else []
+
+
+@contextlib.contextmanager
+def lab_with_pods(name: str, *sets: str) -> Iterator[tuple[LabInfo, dict[str, PodRecord]]]:
+    """A 3-node lab with the given `--set` arguments and pods a, b, c on node-1..3; always torn down."""
+    with lab_guard(name):
+        up = run_cli("lab", "up", "--name", name, "--nodes", "3", *sets)
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
+        info = load_lab(name)
+        pods = {}
+        for pod, node in zip(("a", "b", "c"), ("node-1", "node-2", "node-3"), strict=True):
+            created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
+            assert created.returncode == 0, created.stderr
+            pods[node] = get_pod(info, pod)
+        yield info, pods

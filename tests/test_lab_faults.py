@@ -31,11 +31,10 @@ from ciphermesh.lab.cluster import (
     agent_status,
     connect,
     lab_log,
-    load_lab,
     start_agent,
     wait_ready,
 )
-from ciphermesh.lab.pod_registry import PodRecord, get_pod
+from ciphermesh.lab.pod_registry import PodRecord
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
 from lab_harness import (
@@ -47,7 +46,7 @@ from lab_harness import (
     error_line,
     eventually,
     ip_json,
-    lab_guard,
+    lab_with_pods,
     node_entries,
     ping,
     pod_cidrs,
@@ -86,17 +85,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    name = unique_lab()
-    with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, "--nodes", "3", *IPSEC)
-        assert up.returncode == 0, up.stderr
-        assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
-        info = load_lab(name)
-        pods = {}
-        for pod, node in zip(("a", "b", "c"), NODES, strict=True):
-            created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
-            assert created.returncode == 0, created.stderr
-            pods[node] = get_pod(info, pod)
+    with lab_with_pods(unique_lab(), *IPSEC) as (info, pods):
         yield Lab(info, pods)
 
 

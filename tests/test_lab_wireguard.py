@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.agent.wireguard_key import KEY_FILENAME
-from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, load_lab, start_agent, wait_ready
-from ciphermesh.lab.pod_registry import PodRecord, get_pod
+from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, start_agent, wait_ready
+from ciphermesh.lab.pod_registry import PodRecord
 from ciphermesh.lab.processes import pid_alive, start_daemon
 from ciphermesh.lab.wire_verdict import tunnel_pairs
 from ciphermesh.wireguard.keys import PrivateKey
@@ -27,7 +27,7 @@ from lab_harness import (
     cli_json,
     eventually,
     ip_json,
-    lab_guard,
+    lab_with_pods,
     node_entries,
     pod_cidrs,
     reach_all,
@@ -62,17 +62,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    name = "wg" + secrets.token_hex(2)
-    with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, "--nodes", "3", *WIREGUARD)
-        assert up.returncode == 0, up.stderr
-        assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
-        info = load_lab(name)
-        pods = {}
-        for pod, node in zip(("a", "b", "c"), NODES, strict=True):
-            created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
-            assert created.returncode == 0, created.stderr
-            pods[node] = get_pod(info, pod)
+    with lab_with_pods("wg" + secrets.token_hex(2), *WIREGUARD) as (info, pods):
         yield Lab(info, pods)
 
 
