@@ -87,6 +87,18 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _leaks(evidence: WireEvidence) -> list[str]:
+    """What an encrypted mode must never show: pod packets in clear, or a probe's payload readable."""
+    report = evidence.report
+    leaks = []
+    if report.plaintext_count:
+        leaks.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
+                     f"on the underlay{_plaintext_example(report)}")
+    if evidence.markers_seen:
+        leaks.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+    return leaks
+
+
 @dataclass(frozen=True)
 class IPsecExpectation:
     """IPsec: no pod address in clear, and ESP with the current SPI in both directions of every tunnel."""
@@ -97,12 +109,7 @@ class IPsecExpectation:
 
     def problems(self, evidence: WireEvidence) -> list[str]:
         report = evidence.report
-        problems = []
-        if report.plaintext_count:
-            problems.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
-                            f"on the underlay{_plaintext_example(report)}")
-        if evidence.markers_seen:
-            problems.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+        problems = _leaks(evidence)
         for src, dst in self.tunnels:
             if report.esp_tunnels[(src, dst, self.spi)] == 0:
                 others = sorted({spi for (s, d, spi) in report.esp_tunnels if (s, d) == (src, dst)})
@@ -134,12 +141,7 @@ class WireGuardExpectation:
 
     def problems(self, evidence: WireEvidence) -> list[str]:
         report = evidence.report
-        problems = []
-        if report.plaintext_count:
-            problems.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
-                            f"on the underlay{_plaintext_example(report)}")
-        if evidence.markers_seen:
-            problems.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+        problems = _leaks(evidence)
         for src, dst in self.pairs:
             if report.wireguard_pairs[(src, dst)] == 0:
                 problems.append(f"no WireGuard (UDP 51871) from {src} to {dst}")
