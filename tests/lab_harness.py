@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -264,6 +265,25 @@ def ip_json(namespace: str, *args: str, tool: str = "ip") -> Any:
     return json.loads(out) if out.strip() else []
 
 
+NODES = ("node-1", "node-2", "node-3")
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A running lab and its pods by node."""
+
+    info: LabInfo
+    pods: dict[str, PodRecord]
+
+    @property
+    def name(self) -> str:
+        return str(self.info.name)
+
+    def all_pods(self) -> list[PodRecord]:
+        return list(self.pods.values())
+
+
 @contextlib.contextmanager
 def lab_with_pods(name: str, *sets: str) -> Iterator[tuple[LabInfo, dict[str, PodRecord]]]:
     """A 3-node lab with the given `--set` arguments and pods a, b, c on node-1..3; always torn down."""
@@ -273,7 +293,7 @@ def lab_with_pods(name: str, *sets: str) -> Iterator[tuple[LabInfo, dict[str, Po
         assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
         info = load_lab(name)
         pods = {}
-        for pod, node in zip(("a", "b", "c"), ("node-1", "node-2", "node-3"), strict=True):
+        for pod, node in zip(("a", "b", "c"), NODES, strict=True):
             created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
             assert created.returncode == 0, created.stderr
             pods[node] = get_pod(info, pod)

@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from ciphermesh.keys import generate_line
 from ciphermesh.keys.generate import next_key_id
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import (
-    LabInfo,
     agent_pid,
     agent_status,
     connect,
@@ -34,12 +32,14 @@ from ciphermesh.lab.cluster import (
     start_agent,
     wait_ready,
 )
-from ciphermesh.lab.pod_registry import PodRecord
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
 from lab_harness import (
     IPSEC,
+    NODES,
+    READY_TIMEOUT,
     BackgroundPing,
+    Lab,
     UnderlayCapture,
     analyse,
     cli_json,
@@ -64,23 +64,8 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-NODES = ("node-1", "node-2", "node-3")
 SECRET = "cilium-ipsec-keys"
 ENGINE_TUN = "cm_ipsec"
-READY_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class Lab:
-    info: LabInfo
-    pods: dict[str, PodRecord]
-
-    @property
-    def name(self) -> str:
-        return str(self.info.name)
-
-    def all_pods(self) -> list[PodRecord]:
-        return list(self.pods.values())
 
 
 @pytest.fixture(scope="module")

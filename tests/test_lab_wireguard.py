@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.agent.wireguard_key import KEY_FILENAME
-from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, start_agent, wait_ready
-from ciphermesh.lab.pod_registry import PodRecord
+from ciphermesh.lab.cluster import agent_pid, connect, start_agent, wait_ready
 from ciphermesh.lab.processes import pid_alive, start_daemon
 from ciphermesh.lab.wire_verdict import tunnel_pairs
 from ciphermesh.wireguard.keys import PrivateKey
 from lab_harness import (
+    NODES,
+    READY_TIMEOUT,
+    Lab,
     UnderlayCapture,
     analyse,
     cli_json,
@@ -43,42 +45,33 @@ pytestmark = [
 ]
 
 WIREGUARD = ("--set", "encryption.enabled=true", "--set", "encryption.type=wireguard")
-NODES = ("node-1", "node-2", "node-3")
-READY_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
-class Lab:
-    info: LabInfo
-    pods: dict[str, PodRecord]
-
-    @property
-    def name(self) -> str:
-        return str(self.info.name)
-
+class WgLab(Lab):
     def key_file(self, node: str) -> Path:
         return self.info.paths.node_dir(node) / KEY_FILENAME
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab() -> Iterator[WgLab]:
     with lab_with_pods("wg" + secrets.token_hex(2), *WIREGUARD) as (info, pods):
-        yield Lab(info, pods)
+        yield WgLab(info, pods)
 
 
 @pytest.fixture
-def ready_lab(lab: Lab) -> Lab:
+def ready_lab(lab: WgLab) -> WgLab:
     wait_ready(lab.info, READY_TIMEOUT)
     reach_all(list(lab.pods.values()), timeout=10.0)
     return lab
 
 
-def _published_keys(lab: Lab) -> dict[str, str | None]:
+def _published_keys(lab: WgLab) -> dict[str, str | None]:
     with connect(lab.info) as store:
         return {v.value.name: v.value.wg_pub_key for v in store.list_nodes()}
 
 
-def test_cilium_wg0_keys_and_status(ready_lab: Lab) -> None:
+def test_cilium_wg0_keys_and_status(ready_lab: WgLab) -> None:
     lab = ready_lab
     published = _published_keys(lab)
     for node in NODES:
@@ -119,7 +112,7 @@ def test_cilium_wg0_keys_and_status(ready_lab: Lab) -> None:
     assert table.stdout.count("Number of peers: 2") == 3
 
 
-def test_pod_traffic_is_only_wireguard_between_every_node_pair(ready_lab: Lab, tmp_path: Path) -> None:
+def test_pod_traffic_is_only_wireguard_between_every_node_pair(ready_lab: WgLab, tmp_path: Path) -> None:
     lab = ready_lab
     with UnderlayCapture(lab.name, tmp_path / "underlay.pcap") as capture:
         reach_all(list(lab.pods.values()), timeout=5.0)
@@ -132,7 +125,7 @@ def test_pod_traffic_is_only_wireguard_between_every_node_pair(ready_lab: Lab, t
     assert set(report.wireguard_pairs) <= set(tunnel_pairs(node_ips))
 
 
-def test_connectivity_test_checks_wireguard(ready_lab: Lab) -> None:
+def test_connectivity_test_checks_wireguard(ready_lab: WgLab) -> None:
     # tcpdump on this shared 2-CPU machine sometimes drops a few packets, which rightly fails the
     # verdict (the capture proves no absence then); such a run, and only such a run, is repeated once.
     for _ in range(2):
@@ -147,7 +140,7 @@ def test_connectivity_test_checks_wireguard(ready_lab: Lab) -> None:
     assert report["wire"]["plaintext"] == 0 and report["wire"]["markersSeen"] == []
 
 
-def test_agent_restart_keeps_the_public_key(ready_lab: Lab) -> None:
+def test_agent_restart_keeps_the_public_key(ready_lab: WgLab) -> None:
     lab = ready_lab
     before = _published_keys(lab)
     boot = node_entries(lab.name)["node-2"]["bootID"]
@@ -167,12 +160,12 @@ def test_agent_restart_keeps_the_public_key(ready_lab: Lab) -> None:
         assert {p["publicKey"] for p in entry["peers"]} == {before[n] for n in NODES if n != entry["name"]}
 
 
-def _peer_keys(lab: Lab, node: str) -> set[str]:
+def _peer_keys(lab: WgLab, node: str) -> set[str]:
     entry = next(e for e in cli_json("encryption", "status", "--lab", lab.name)["nodes"] if e["name"] == node)
     return {peer["publicKey"] for peer in entry["peers"]}
 
 
-def test_peers_follow_nodes_leaving_and_coming_back(ready_lab: Lab) -> None:
+def test_peers_follow_nodes_leaving_and_coming_back(ready_lab: WgLab) -> None:
     lab = ready_lab
     keys = _published_keys(lab)
     pid = agent_pid(lab.info, "node-3")
@@ -188,7 +181,7 @@ def test_peers_follow_nodes_leaving_and_coming_back(ready_lab: Lab) -> None:
     reach_all(list(lab.pods.values()), timeout=15.0)
 
 
-def _restart_agent_as_ipsec(lab: Lab, node: str) -> None:
+def _restart_agent_as_ipsec(lab: WgLab, node: str) -> None:
     """The node's agent replaced by one with encryption.type=ipsec, as on a misconfigured node."""
     pid = agent_pid(lab.info, node)
     assert pid is not None
@@ -203,11 +196,11 @@ def _restart_agent_as_ipsec(lab: Lab, node: str) -> None:
                  netns=lab.info.netns_of(node))
 
 
-def _waiting(lab: Lab, node: str) -> list[str]:
+def _waiting(lab: WgLab, node: str) -> list[str]:
     return list(node_entries(lab.name)[node]["waiting"])
 
 
-def test_a_node_in_another_mode_is_refused_without_plaintext(ready_lab: Lab, tmp_path: Path) -> None:
+def test_a_node_in_another_mode_is_refused_without_plaintext(ready_lab: WgLab, tmp_path: Path) -> None:
     lab = ready_lab
     a, c = lab.pods["node-1"], lab.pods["node-3"]
     _restart_agent_as_ipsec(lab, "node-3")
