@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
+
 import pytest
 
-from ciphermesh.agent.daemon import UnsupportedModeError, agent_mode
+from ciphermesh.agent.daemon import UnsupportedModeError, agent_mode, node_encryption, strict_cidr
 from ciphermesh.cli.main import main
 from ciphermesh.config import Values, load_values
 
@@ -27,10 +29,27 @@ def test_lab_up_refuses_unknown_type_before_building(capsys: pytest.CaptureFixtu
     assert "no lab named" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setting", ["encryption.nodeEncryption", "encryption.strictMode.enabled"])
-def test_settings_not_carried_out_yet_are_refused(setting: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(UnsupportedModeError, match=f"{setting}=true is not carried out"):
-        agent_mode(load_values(sets=["encryption.enabled=true", f"{setting}=true"]))
-    assert main(["lab", "up", "--name", "cmrefuse", "--set", f"encryption.enabled=true,{setting}=true"]) == 1
-    assert f"{setting}=true is not carried out" in capsys.readouterr().err
+def test_node_encryption_takes_an_encryption_mode() -> None:
+    assert node_encryption(load_values(sets=["encryption.enabled=true,encryption.nodeEncryption=true"]))
+    # As Cilium: node encryption only has an effect with encryption on.
+    assert not node_encryption(load_values(sets=["encryption.nodeEncryption=true"]))
+    assert not node_encryption(load_values(sets=["encryption.enabled=true"]))
+
+
+def test_strict_mode_cidr_given_or_the_pool() -> None:
+    assert strict_cidr(load_values()) is None
+    on = "encryption.strictMode.enabled=true"
+    assert strict_cidr(load_values(sets=[on])) == IPv4Network("10.0.0.0/8")
+    given = load_values(sets=[on, "encryption.strictMode.cidr=10.0.0.0/16"])
+    assert strict_cidr(given) == IPv4Network("10.0.0.0/16")
+    two_pools = load_values(sets=[on, "ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.0/16,10.1.0.0/16}"])
+    with pytest.raises(UnsupportedModeError, match=r"set encryption\.strictMode\.cidr"):
+        agent_mode(two_pools)
+
+
+def test_lab_up_refuses_an_unusable_strict_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    pools = "ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.0/16,10.1.0.0/16}"
+    strict = "encryption.strictMode.enabled=true"
+    assert main(["lab", "up", "--name", "cmrefuse", "--set", strict, "--set", pools]) == 1
+    assert "strict mode guards one CIDR" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.agent.plan import outbound_spi, plan
+from ciphermesh.agent.plan import DesiredDatapath, Mode, outbound_spi, plan
 from ciphermesh.keys import derive_tunnel_key, parse_line
 from ciphermesh.store.model import Node
 
@@ -79,3 +80,39 @@ def test_disabled_plan_has_routes_and_no_engine() -> None:
 def test_local_without_router_ip_is_an_error() -> None:
     with pytest.raises(ValueError, match="no router IP"):
         plan(_node(1, ready=False), [], mode="disabled", keys={}, current_key_id=None)
+
+
+def _host_plan(
+    local: Node, *peers: Node, node_encryption: bool = True, mode: Mode = "ipsec"
+) -> DesiredDatapath:
+    return plan(local, [local, *peers], mode=mode, keys={3: KEY3}, current_key_id=3,
+                node_encryption=node_encryption)
+
+
+def test_node_encryption_routes_peers_node_ips_through_the_engine() -> None:
+    desired = _host_plan(_node(1), _node(2), replace(_node(3), encryption={"nodeEncryption": False}))
+    # node-3 opted out (Cilium's OptedOut): its host traffic stays in clear, its pods stay encrypted.
+    assert desired.node_peers == (IPv4Address("172.18.0.3"),)
+    assert desired.blocked_nodes == ()
+    assert desired.engine is not None
+    two, three = desired.engine.peers
+    assert two.pod_cidrs == (IPv4Network("10.0.2.0/24"), IPv4Network("172.18.0.3/32"))
+    assert three.pod_cidrs == (IPv4Network("10.0.3.0/24"),)
+    # Every peer's node IP is accepted from it: its host's replies to our pods come through its engine.
+    assert two.sources == (IPv4Network("172.18.0.3/32"),) and three.sources == (IPv4Network("172.18.0.4/32"),)
+
+
+def test_without_node_encryption_no_host_route() -> None:
+    desired = _host_plan(_node(1), _node(2), node_encryption=False)
+    assert desired.node_peers == () and desired.blocked_nodes == ()
+    assert desired.engine is not None
+    assert desired.engine.peers[0].pod_cidrs == (IPv4Network("10.0.2.0/24"),)
+    assert _host_plan(_node(1), _node(2), mode="disabled").node_peers == ()
+
+
+def test_a_peer_that_cannot_be_encrypted_holds_its_host_traffic_too() -> None:
+    other_mode = replace(_node(2), encryption={"mode": "wireguard"})
+    desired = _host_plan(_node(1), other_mode, _node(3))
+    assert desired.blocked == (IPv4Network("10.0.2.0/24"),)
+    assert desired.blocked_nodes == (IPv4Address("172.18.0.3"),)
+    assert desired.node_peers == (IPv4Address("172.18.0.4"),)

@@ -42,13 +42,17 @@ def test_wireguard_mode_is_run() -> None:
     assert agent_mode(load_values(sets=["encryption.enabled=true,encryption.type=wireguard"])) == "wireguard"
 
 
-def test_peers_get_endpoint_and_pod_cidrs_as_allowed_ips() -> None:
+def test_peers_get_endpoint_and_pod_cidrs_and_node_ip_as_allowed_ips() -> None:
     desired = _wg_plan(_node(1, key=KEYS[0]), _node(2, key=KEYS[1]), _node(3, key=KEYS[2]))
     peers = [(p.name, p.public_key.to_base64(), p.endpoint, p.allowed_ips) for p in desired.wireguard_peers]
     assert peers == [
-        ("node-2", KEYS[1], ("172.18.0.3", WIREGUARD_PORT), (IPv4Network("10.0.2.0/24"),)),
-        ("node-3", KEYS[2], ("172.18.0.4", WIREGUARD_PORT), (IPv4Network("10.0.3.0/24"),)),
+        ("node-2", KEYS[1], ("172.18.0.3", WIREGUARD_PORT),
+         (IPv4Network("10.0.2.0/24"), IPv4Network("172.18.0.3/32"))),
+        ("node-3", KEYS[2], ("172.18.0.4", WIREGUARD_PORT),
+         (IPv4Network("10.0.3.0/24"), IPv4Network("172.18.0.4/32"))),
     ]
+    # Without node encryption the node IPs are allowed but not routed into cilium_wg0.
+    assert desired.node_peers == ()
     assert [r.pod_cidrs for r in desired.remotes] == [(IPv4Network("10.0.2.0/24"),),
                                                       (IPv4Network("10.0.3.0/24"),)]
     assert desired.blocked == ()

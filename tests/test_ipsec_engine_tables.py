@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 
 import pytest
@@ -279,3 +280,17 @@ def test_bad_desired_states_are_refused_with_one_line(build, message: str, line:
     with pytest.raises(ValueError, match=message) as caught:
         build(line)
     assert "\n" not in str(caught.value)
+
+
+def test_a_peers_node_ip_is_accepted_as_a_source_not_routed_to(line: KeyLine) -> None:
+    node_a = IPv4Network("172.18.0.2/32")
+    a_state = IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),))
+    b_peer = peer(ROUTER_B, ROUTER_A, (CIDR_A,), line)
+    b_state = IPsecEngineState(ROUTER_B, (replace(b_peer, sources=(node_a,)),))
+    a, b = tables_for(a_state), tables_for(b_state)
+    # Node A's host answering a pod of B: through A's engine, from A's node IP.
+    assert send(a, b, inner("172.18.0.2", "10.0.2.5")) == inner("172.18.0.2", "10.0.2.5")
+    assert send(a, b, inner("172.18.0.9", "10.0.2.5")) is None  # another address: a mismatch
+    assert b.counts["XfrmInTmplMismatch"] == 1
+    # A source is not a route: B does not send to A's node IP through the engine.
+    assert b.seal(inner("10.0.2.5", "172.18.0.2")) is None

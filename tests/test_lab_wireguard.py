@@ -107,7 +107,8 @@ def test_cilium_wg0_keys_and_status(ready_lab: WgLab) -> None:
 
     table = run_cli("encryption", "status", "--lab", lab.name)
     assert table.returncode == 0, table.stderr
-    assert table.stdout.startswith("Encryption: Wireguard (3/3 nodes)\n"), table.stdout
+    first = table.stdout.splitlines()[0]
+    assert first == "Encryption: Wireguard (3/3 nodes) [NodeEncryption: Disabled]", table.stdout
     assert table.stdout.count("Interface: cilium_wg0") == 3
     assert table.stdout.count("Number of peers: 2") == 3
 

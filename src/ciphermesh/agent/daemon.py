@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,15 +19,25 @@ from ciphermesh.agent.status_socket import StatusSocketServer
 from ciphermesh.agent.watch import ClusterView
 from ciphermesh.agent.wireguard_key import load_or_create_private_key
 from ciphermesh.config import Values
+from ciphermesh.datapath.errors import DatapathError
 from ciphermesh.datapath.ipsec_engine import IPsecEngine
 from ciphermesh.datapath.mtu import Mtus, plan_mtus
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
+from ciphermesh.datapath.node_links import (
+    CILIUM_VXLAN,
+    UNDERLAY_DEVICE,
+    NodeLinks,
+    ensure_node_links,
+    router_ip,
+)
+from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node_routing
 from ciphermesh.datapath.overlay_routing import reconcile_overlay_routing, remove_overlay_routing
 from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
 from ciphermesh.datapath.routing import reconcile_engine_routing, remove_engine_routing
+from ciphermesh.datapath.strict_mode import StrictGuard, apply_guard, read_drops, remove_guard
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
+from ciphermesh.operator.ipam import POOL_KEY
 from ciphermesh.store.base import NodeRegistration, Store
 from ciphermesh.store.errors import PodCIDRTimeoutError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
@@ -44,11 +55,8 @@ class UnsupportedModeError(ValueError):
 
 
 def agent_mode(values: Values) -> Mode:
-    """The datapath mode the settings ask for; UnsupportedModeError for one not built yet."""
-    for unbuilt in ("encryption.nodeEncryption", "encryption.strictMode.enabled"):
-        # Silently ignoring these would leave traffic unencrypted that the user asked to protect.
-        if values.flag(unbuilt):
-            raise UnsupportedModeError(f"{unbuilt}=true is not carried out yet; refusing to start")
+    """The datapath mode the settings ask for; UnsupportedModeError for settings it cannot carry out."""
+    strict_cidr(values)
     if not values.flag("encryption.enabled"):
         return "disabled"
     kind = values.text("encryption.type")
@@ -60,6 +68,27 @@ def agent_mode(values: Values) -> Mode:
         f"encryption.type={kind}: the agent does not run this mode; "
         "refusing to start rather than send pod traffic unencrypted"
     )
+
+
+def strict_cidr(values: Values) -> IPv4Network | None:
+    """Strict mode's CIDR (default: the IPAM pool); None when off, UnsupportedModeError if unusable."""
+    if not values.flag("encryption.strictMode.enabled"):
+        return None
+    given = values.text("encryption.strictMode.cidr")
+    if given:
+        return IPv4Network(given)
+    pool = values.cidrs(POOL_KEY)
+    if len(pool) != 1:
+        # Cilium exits too: its strict mode guards one IPv4 CIDR.
+        raise UnsupportedModeError(
+            f"strict mode guards one CIDR: set encryption.strictMode.cidr ({POOL_KEY} has {len(pool)})"
+        )
+    return pool[0]
+
+
+def node_encryption(values: Values) -> bool:
+    """Whether host traffic is encrypted too: asked for, and an encryption mode on (as Cilium)."""
+    return values.flag("encryption.enabled") and values.flag("encryption.nodeEncryption")
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,10 @@ class Agent:
         self.ipr = ipr
         self.boot_id = str(uuid.uuid4())
         self.mode: Mode = agent_mode(options.values)
+        self.node_encryption = node_encryption(options.values)
+        self.strict_cidr = strict_cidr(options.values)
+        self._guard: StrictGuard | None = None
+        self._guard_cleared = False
         self.mtus: Mtus = plan_mtus("none" if self.mode == "disabled" else self.mode)
         self.phase = "starting"
         self.problems: list[str] = []
@@ -202,8 +235,9 @@ class Agent:
             self.keyring.expire(now)
         local = registration.node
         try:
+            self._ensure_strict_guard()
             desired = plan(local, self._view.nodes(), mode=self.mode, keys=self.keyring.keys,
-                           current_key_id=self.keyring.current_id)
+                           current_key_id=self.keyring.current_id, node_encryption=self.node_encryption)
             self._apply(desired)
             self._publish(registration)
         except Exception as exc:
@@ -244,11 +278,58 @@ class Agent:
                 mtu=self.mtus.pod,
                 blocked=desired.blocked,
             )
+            self._apply_node_routing(tun, desired)
         else:
+            remove_node_routing(self.ipr)
             remove_engine_routing(self.ipr)
             reconcile_overlay_routing(
                 self.ipr, local_router_ip=self.router, remotes=desired.remotes, mtu=self.mtus.pod
             )
+
+    def _wanted_guard(self) -> StrictGuard | None:
+        if self.strict_cidr is None:
+            return None
+        remote_nodes: tuple[IPv4Address, ...] = ()
+        if self.options.values.flag("encryption.strictMode.allowRemoteNodeIdentities"):
+            remote_nodes = tuple(sorted(IPv4Address(n.node_ip) for n in self._view.nodes()
+                                        if n.name != self.options.node))
+        # The node IP is exempt as in Cilium; the router IP is not: whatever it sends to pods goes
+        # through the engine here, so in clear it would be a leak.
+        return StrictGuard(self.strict_cidr, (UNDERLAY_DEVICE, CILIUM_VXLAN),
+                           exempt_sources=(self.options.node_ip,), exempt_destinations=remote_nodes)
+
+    def _ensure_strict_guard(self) -> None:
+        """Strict mode's nftables guard in place before any route (again if it was removed by hand)."""
+        wanted = self._wanted_guard()
+        if wanted is None:
+            if not self._guard_cleared:
+                self._guard_cleared = True
+                # Without strict mode nft need not even be installed.
+                with contextlib.suppress(DatapathError):
+                    if remove_guard():
+                        log.info("strict mode is off: removed the guard an earlier run left")
+            return
+        if wanted != self._guard or read_drops() is None:
+            apply_guard(wanted)
+            self._guard = wanted
+
+    def _strict_status(self) -> dict[str, Any] | None:
+        if self.strict_cidr is None:
+            return None
+        cidr = str(self.strict_cidr)
+        try:
+            drops = read_drops()
+        except DatapathError as exc:
+            return {"cidr": cidr, "guard": False, "unencryptedDrops": None, "error": str(exc)}
+        return {"cidr": cidr, "guard": drops is not None,
+                "unencryptedDrops": None if drops is None else drops.packets}
+
+    def _apply_node_routing(self, tun: str, desired: DesiredDatapath) -> None:
+        if not self.node_encryption:
+            remove_node_routing(self.ipr)
+            return
+        reconcile_node_routing(self.ipr, tun=tun, local_node_ip=self.options.node_ip,
+                               peers=desired.node_peers, blocked=desired.blocked_nodes, mtu=self.mtus.pod)
 
     def _publish(self, registration: NodeRegistration) -> None:
         """Publish the key ID (only once its inbound SAs are in place) and a summary of the state."""
@@ -266,7 +347,8 @@ class Agent:
         ipsec = self.mode == "ipsec"
         return {"mode": self.mode, "engine": None if self.mode == "disabled" else "userspace",
                 "keyID": self.keyring.current_id if ipsec else None,
-                "rotationInProgress": ipsec and self.keyring.rotating}
+                "rotationInProgress": ipsec and self.keyring.rotating,
+                "nodeEncryption": self.node_encryption}
 
     def _errors(self) -> list[str]:
         errors = [*self.problems, *self._view.errors()]
@@ -293,7 +375,8 @@ class Agent:
             "startedAt": self.started_at,
             "lastApply": self.last_apply,
             "mtu": {"device": self.mtus.device, "vxlan": self.mtus.vxlan, "pod": self.mtus.pod},
-            "encryption": {**self._encryption_summary(), "engineStatus": engine},
+            "encryption": {**self._encryption_summary(), "engineStatus": engine,
+                           "strictMode": self._strict_status()},
             "health": {
                 "reachable": sum(1 for h in health if h["reachable"]),
                 "probed": len(health),

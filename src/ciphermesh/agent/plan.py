@@ -21,7 +21,7 @@ WIREGUARD_PORT = 51871
 
 @dataclass(frozen=True)
 class WireGuardPeer:
-    """A peer as cilium_wg0 holds it: its public key, `nodeIP:51871`, and its pod CIDRs as allowed IPs."""
+    """A peer as cilium_wg0 holds it: public key, `nodeIP:51871`, pod CIDRs and node IP as allowed IPs."""
 
     name: str
     public_key: PublicKey
@@ -41,6 +41,9 @@ class DesiredDatapath:
     wireguard_peers: tuple[WireGuardPeer, ...] = ()
     # Pod CIDRs of peers this node cannot encrypt to yet: only their fail-closed route, never plaintext.
     blocked: tuple[IPv4Network, ...] = ()
+    # Node encryption: peers' node IPs whose host traffic goes through the engine, and those held back.
+    node_peers: tuple[IPv4Address, ...] = ()
+    blocked_nodes: tuple[IPv4Address, ...] = ()
 
 
 def outbound_spi(local_key_id: int, peer_key_id: int | None, keys: Mapping[int, KeyLine]) -> int | None:
@@ -68,12 +71,14 @@ def plan(
     mode: Mode,
     keys: Mapping[int, KeyLine],
     current_key_id: int | None,
+    node_encryption: bool = False,
 ) -> DesiredDatapath:
     """The datapath for `local`: VXLAN peers and routes for every ready peer, SAs or WireGuard peers.
 
     A peer that publishes another encryption mode, or in WireGuard mode no public key, is `blocked`.
     `keys` holds every key this node accepts (the current one and those still in their grace period),
-    by key ID; `current_key_id` is the one it sends with when the peer has it too.
+    by key ID; `current_key_id` is the one it sends with when the peer has it too. With `node_encryption`,
+    host traffic to a peer's node IP is encrypted too, unless the peer published that it opted out.
     """
     if local.router_ip is None:
         raise ValueError(f"node {local.name} has no router IP yet")
@@ -85,6 +90,8 @@ def plan(
     engine_peers: list[IPsecPeer] = []
     wireguard_peers: list[WireGuardPeer] = []
     blocked: list[IPv4Network] = []
+    node_peers: list[IPv4Address] = []
+    blocked_nodes: list[IPv4Address] = []
     waiting: list[str] = []
     # Public keys already in use: ours, then each accepted peer's (Cilium refuses a duplicate too).
     taken = {PublicKey.from_base64(local.wg_pub_key).raw} if local.wg_pub_key is not None else set()
@@ -96,24 +103,31 @@ def plan(
             continue
         node_ip, router_ip, cidrs = ready
         vxlan_peers.append(VxlanPeer(node_ip, router_ip))
+        # A peer that has not said yet is held to it: its host traffic waits rather than leave in clear.
+        opted_out = peer.encryption.get("nodeEncryption") is False
+        host_too = mode != "disabled" and node_encryption and not opted_out
         peer_mode = peer.encryption.get("mode")
         if peer_mode is not None and peer_mode != mode:
             waiting.append(f"{peer.name}: runs encryption mode {peer_mode}, this node {mode}; "
                            "traffic to its pods is dropped (restart the lab with one encryption.type)")
             blocked.extend(cidrs)
+            blocked_nodes.extend([node_ip] if host_too else [])
             continue
         if mode == "wireguard":
             wg_peer = _wireguard_peer(peer, node_ip, cidrs, taken, waiting)
             if wg_peer is None:
                 blocked.extend(cidrs)
+                blocked_nodes.extend([node_ip] if host_too else [])
                 continue
             wireguard_peers.append(wg_peer)
         remotes.append(RemoteNode(router_ip, cidrs))
+        node_peers.extend([node_ip] if host_too else [])
         if mode != "ipsec":
             continue
+        prefixes = (*cidrs, IPv4Network(node_ip)) if host_too else cidrs
         engine_peers.append(
             _ipsec_peer(
-                local, peer, router_ip=router_ip, cidrs=cidrs, keys=keys, current_key_id=current_key_id,
+                local, peer, router_ip=router_ip, prefixes=prefixes, keys=keys, current_key_id=current_key_id,
                 waiting=waiting,
             )
         )
@@ -121,7 +135,7 @@ def plan(
     if mode == "ipsec" and current_key_id is None:
         waiting.append("no valid IPsec key in the secret yet")
     return DesiredDatapath(mode, tuple(vxlan_peers), tuple(remotes), engine, tuple(waiting),
-                           tuple(wireguard_peers), tuple(blocked))
+                           tuple(wireguard_peers), tuple(blocked), tuple(node_peers), tuple(blocked_nodes))
 
 
 def _wireguard_peer(
@@ -140,7 +154,9 @@ def _wireguard_peer(
         waiting.append(f"{peer.name}: WireGuard public key refused: all zero or used by another node")
         return None
     taken.add(public_key.raw)
-    return WireGuardPeer(peer.name, public_key, (str(node_ip), WIREGUARD_PORT), cidrs)
+    # The node IP is always an allowed IP (Cilium since 1.15); routing decides whether host traffic uses it.
+    allowed = (*cidrs, IPv4Network(node_ip))
+    return WireGuardPeer(peer.name, public_key, (str(node_ip), WIREGUARD_PORT), allowed)
 
 
 def _ipsec_peer(
@@ -148,13 +164,14 @@ def _ipsec_peer(
     peer: Node,
     *,
     router_ip: IPv4Address,
-    cidrs: tuple[IPv4Network, ...],
+    prefixes: tuple[IPv4Network, ...],
     keys: Mapping[int, KeyLine],
     current_key_id: int | None,
     waiting: list[str],
 ) -> IPsecPeer:
     assert local.router_ip is not None
     local_router = ip_address(local.router_ip)
+    sources = (IPv4Network(peer.node_ip),)
     in_keys = {
         key_id: derive_tunnel_key(key, router_ip, local_router, peer.boot_id, local.boot_id)
         for key_id, key in keys.items()
@@ -167,6 +184,6 @@ def _ipsec_peer(
     if spi is None:
         if current_key_id is not None:
             waiting.append(f"{peer.name}: has not published an IPsec key ID we hold")
-        return IPsecPeer(router_ip, cidrs, None, None, in_keys, out_keys)
+        return IPsecPeer(router_ip, prefixes, None, None, in_keys, out_keys, sources)
     out_key = out_keys.pop(spi)
-    return IPsecPeer(router_ip, cidrs, spi, out_key, in_keys, out_keys)
+    return IPsecPeer(router_ip, prefixes, spi, out_key, in_keys, out_keys, sources)

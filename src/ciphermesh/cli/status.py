@@ -76,7 +76,9 @@ def _encryption_status(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     mode = _MODE_NAMES.get(summary["mode"], summary["mode"])
     ready = sum(1 for n in status["nodes"] if n["agent"] == "ready")
-    console.print(f"Encryption: {mode} ({ready}/{summary['nodes']} nodes)")
+    console.print(f"Encryption: {mode} ({ready}/{summary['nodes']} nodes) "
+                  f"[NodeEncryption: {summary['nodeEncryption']}]", markup=False)
+    _print_strict_mode(console, status["nodes"])
     if summary["mode"] == "ipsec":
         keys = "/".join(str(k) for k in summary["keysInUse"])
         console.print(f"IPsec keys in use: {keys} on {summary['nodes']}/{summary['nodes']}")
@@ -99,6 +101,17 @@ def _encryption_status(args: argparse.Namespace) -> int:
         for problem in node["problems"]:
             console.print(f"[yellow]{node['name']}[/]: {problem}")
     return 0
+
+
+def _print_strict_mode(console: Console, nodes: list[dict[str, Any]]) -> None:
+    """Strict mode's CIDR and, per node, the unencrypted packets it dropped (Cilium: DROP_UNENCRYPTED)."""
+    strict = {node["name"]: node["strictMode"] for node in nodes if node.get("strictMode")}
+    if not strict:
+        return
+    cidrs = sorted({entry["cidr"] for entry in strict.values()})
+    drops = ", ".join(f"{name}: {entry['unencryptedDrops']}" for name, entry in strict.items())
+    console.print(f"Strict mode: {', '.join(cidrs)} on {len(strict)}/{len(nodes)} nodes; "
+                  f"unencrypted traffic dropped: {drops}")
 
 
 def _print_wireguard(console: Console, nodes: list[dict[str, Any]]) -> None:

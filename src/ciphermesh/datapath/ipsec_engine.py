@@ -17,6 +17,7 @@ from typing import Any
 from ciphermesh.datapath.ipsec_engine_drops import EngineDrop, new_drop_counts
 from ciphermesh.datapath.ipsec_state import IPsecEngineState
 from ciphermesh.datapath.ipsec_tables import IPsecTables, SAParams
+from ciphermesh.datapath.ownership import IPSEC_ENCRYPTED_MARK
 from ciphermesh.datapath.tcp_coalesce import VNET_HDR_LEN, coalesce
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.esp import PROTO_ESP, Counters, Drop
@@ -42,6 +43,9 @@ def open_esp_socket(buffer_bytes: int = DEFAULT_SOCKET_BUFFER) -> socket.socket:
     """A raw IPv4 protocol-50 socket with large buffers; blocking, so a full send buffer slows senders."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_ESP)
     try:
+        # Cilium's "encrypted" mark: node encryption's rule lets marked packets (and VXLAN around them)
+        # bypass the engine instead of looping back into it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, IPSEC_ENCRYPTED_MARK)
         # The *FORCE options pass net.core.[rw]mem_max (we run with CAP_NET_ADMIN).
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, buffer_bytes)

@@ -23,6 +23,8 @@ class IPsecPeer:
     `in_keys` maps each SPI the peer may send under to the key for peer -> local (two during a rotation);
     `standby_out_keys` holds outbound keys kept installed but unused (the other SPI during a rotation), so
     their sequence numbers carry on if traffic moves back to them, as Cilium keeps one OUT state per SPI.
+    `sources` are inner sources accepted from the peer besides its prefixes: its node IP, whose replies to
+    our pods come through its engine even when its host traffic to us does not.
     """
 
     router_ip: IPv4Address
@@ -31,6 +33,7 @@ class IPsecPeer:
     out_key: KeyLine | None
     in_keys: Mapping[int, KeyLine]
     standby_out_keys: Mapping[int, KeyLine] = field(default_factory=dict)
+    sources: tuple[PodCIDR, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.router_ip, IPv4Address):
@@ -38,9 +41,10 @@ class IPsecPeer:
         cidrs = tuple(self.pod_cidrs)
         if not cidrs:
             raise ValueError(f"peer {self.router_ip}: no pod CIDRs")
-        for cidr in cidrs:
+        for cidr in (*cidrs, *self.sources):
             if not isinstance(cidr, IPv4Network | IPv6Network):
-                raise ValueError(f"peer {self.router_ip}: pod CIDR {cidr!r} is not an IP network")
+                raise ValueError(f"peer {self.router_ip}: prefix {cidr!r} is not an IP network")
+        object.__setattr__(self, "sources", tuple(self.sources))
         if (self.out_spi is None) != (self.out_key is None):
             raise ValueError(f"peer {self.router_ip}: out_spi and out_key must be given together")
         if self.out_spi is not None:

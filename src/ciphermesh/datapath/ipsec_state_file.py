@@ -30,6 +30,7 @@ def state_to_document(state: IPsecEngineState) -> dict[str, Any]:
             {
                 "routerIP": str(peer.router_ip),
                 "podCIDRs": [str(cidr) for cidr in peer.pod_cidrs],
+                "sources": [str(cidr) for cidr in peer.sources],
                 "outSPI": peer.out_spi,
                 "outKey": peer.out_key.format(reveal=True) if peer.out_key is not None else None,
                 "inKeys": {str(spi): key.format(reveal=True) for spi, key in sorted(peer.in_keys.items())},
@@ -92,10 +93,8 @@ def read_state_file(path: Path) -> IPsecEngineState:
 def _peer(value: object, where: str) -> IPsecPeer:
     peer = _mapping(value, where)
     router = _ipv4(peer.get("routerIP"), f"{where}.routerIP")
-    cidrs_value = peer.get("podCIDRs")
-    if not isinstance(cidrs_value, list):
-        raise StateFileError(f"{where}.podCIDRs: must be a list of prefixes")
-    cidrs = tuple(_network(cidr, f"{where}.podCIDRs[{index}]") for index, cidr in enumerate(cidrs_value))
+    cidrs = _networks(peer.get("podCIDRs"), f"{where}.podCIDRs")
+    sources = _networks(peer.get("sources", []), f"{where}.sources")
     out_spi = peer.get("outSPI")
     if out_spi is not None and (not isinstance(out_spi, int) or isinstance(out_spi, bool)):
         raise StateFileError(f"{where}.outSPI: must be an integer or null")
@@ -104,9 +103,15 @@ def _peer(value: object, where: str) -> IPsecPeer:
     in_keys = _keys_by_spi(peer.get("inKeys", {}), f"{where}.inKeys")
     standby = _keys_by_spi(peer.get("standbyOutKeys", {}), f"{where}.standbyOutKeys")
     try:
-        return IPsecPeer(router, cidrs, out_spi, out_key, in_keys, standby)
+        return IPsecPeer(router, cidrs, out_spi, out_key, in_keys, standby, sources)
     except ValueError as exc:
         raise StateFileError(f"{where}: {exc}") from None
+
+
+def _networks(value: object, where: str) -> tuple[PodCIDR, ...]:
+    if not isinstance(value, list):
+        raise StateFileError(f"{where}: must be a list of prefixes")
+    return tuple(_network(cidr, f"{where}[{index}]") for index, cidr in enumerate(value))
 
 
 def _keys_by_spi(value: object, where: str) -> dict[int, KeyLine]:

@@ -86,6 +86,8 @@ class IPsecTables:
         "_routes4",
         "_routes6",
         "_sas",
+        "_sources4",
+        "_sources6",
         "ancillary",
         "counts",
         "local_packed",
@@ -116,6 +118,9 @@ class IPsecTables:
         self._routes6: PrefixMap[PeerPath] = PrefixMap(
             6, ((cidr, path) for path in paths for cidr in path.peer.pod_cidrs if cidr.version == 6)
         )
+        sources = [(cidr, path) for path in paths for cidr in (*path.peer.pod_cidrs, *path.peer.sources)]
+        self._sources4: PrefixMap[PeerPath] = PrefixMap(4, ((c, p) for c, p in sources if c.version == 4))
+        self._sources6: PrefixMap[PeerPath] = PrefixMap(6, ((c, p) for c, p in sources if c.version == 6))
         # IP_PKTINFO picks the outer source per packet, so the socket need not be bound to an address
         # that may change with the next state.
         self.ancillary: list[tuple[int, int, bytes]] = (
@@ -210,9 +215,9 @@ class IPsecTables:
             return None  # counted by the SA database or the SA
         inner = result.inner
         if result.next_header == 4:
-            owner = self._routes4.lookup(int.from_bytes(inner[12:16], "big"))
+            owner = self._sources4.lookup(int.from_bytes(inner[12:16], "big"))
         else:
-            owner = self._routes6.lookup(int.from_bytes(inner[8:24], "big"))
+            owner = self._sources6.lookup(int.from_bytes(inner[8:24], "big"))
         path = self._by_router.get(src)
         if owner is None or owner is not path:
             self.counts[_IN_TMPL] += 1

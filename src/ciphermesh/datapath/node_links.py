@@ -24,6 +24,7 @@ from ciphermesh.datapath.rtnl import (
 CILIUM_HOST = "cilium_host"
 CILIUM_NET = "cilium_net"
 CILIUM_VXLAN = "cilium_vxlan"
+UNDERLAY_DEVICE = "eth0"
 VXLAN_PORT = 8472
 # A fixed VNI: kernel VXLAN has no per-packet identity as Cilium's BPF has; 2 is Cilium's "world" identity.
 VXLAN_VNI = 2
@@ -50,7 +51,7 @@ class NodeLinks:
     node_ip: IPv4Address
     pod_cidr: IPv4Network
     mtus: Mtus
-    device: str = "eth0"
+    device: str = UNDERLAY_DEVICE
 
     @property
     def router_ip(self) -> IPv4Address:

@@ -14,3 +14,13 @@ ESP_TABLE = 50
 ESP_RULE_PRIORITY = 50
 
 MAIN_TABLE = 254
+
+# Node encryption: rule `priority 49 fwmark 0/0xf00 lookup 51` sends host traffic to peers' node IPs into the
+# engine, except what the engines send themselves: their sockets mark it with Cilium's marks (ESP: output-mark
+# 0xe00; WireGuard: fwmark 0x1e00), and VXLAN routes its outer packet with the inner packet's mark.
+PROTO_NODE_ENCRYPTION = 154
+NODE_TABLE = 51
+NODE_RULE_PRIORITY = 49
+TUNNEL_MARK_MASK = 0xF00
+IPSEC_ENCRYPTED_MARK = 0xE00
+WIREGUARD_MARK = 0x1E00

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from ciphermesh.datapath.errors import DatapathError
+from ciphermesh.datapath.ownership import WIREGUARD_MARK
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.tun_link import configure_link
 from ciphermesh.datapath.udp_batch import open_udp_sockets
@@ -54,7 +55,7 @@ class WireGuardNode:
             raise DatapathError(f"cannot create TUN device {self.ifname}: {exc.strerror or exc}") from exc
         self._closers.append(tun.close)
         try:
-            sock4, sock6 = open_udp_sockets(self._port)
+            sock4, sock6 = open_udp_sockets(self._port, fwmark=WIREGUARD_MARK)
         except OSError as exc:
             raise DatapathError(f"cannot listen on UDP {self._port}: {exc.strerror or exc}") from exc
         self._closers += [s.close for s in (sock4, sock6) if s is not None]
@@ -77,7 +78,7 @@ class WireGuardNode:
         if engine is None:
             return None
         try:
-            return self._call(lambda: engine.status(self.ifname))
+            return self._call(lambda: engine.status(self.ifname, fwmark=WIREGUARD_MARK))
         except DatapathError:
             return None
 

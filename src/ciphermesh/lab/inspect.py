@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any
@@ -59,6 +60,7 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
             "mode": encryption.get("mode", "disabled"),
             "engine": encryption.get("engine"),
             "keyID": record.key_id if record else None,
+            "nodeEncryption": bool(encryption.get("nodeEncryption")),
         },
         "health": live["health"] if live else {"reachable": 0, "probed": 0, "peers": []},
         "waiting": live.get("waiting", []) if live else [],
@@ -80,6 +82,8 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
             "mode": node["encryption"]["mode"],
             "engine": node["encryption"]["engine"],
             "keyID": node["encryption"]["keyID"],
+            "nodeEncryption": node["encryption"]["nodeEncryption"],
+            "strictMode": (node["live"] or {}).get("encryption", {}).get("strictMode"),
             "keysInUse": engine.get("keysInUse", 0),
             "maxSeq": engine.get("maxSeq", 0),
             "errors": engine.get("errors", {}),
@@ -104,6 +108,7 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
         "summary": {
             "mode": mode,
             "nodes": len(entries),
+            "nodeEncryption": _agreed(entry["nodeEncryption"] for entry in entries),
             "keysInUse": sorted(keys_in_use),
             "expectedKeyCount": expected,
             "maxSeq": max((entry["maxSeq"] for entry in entries), default=0),
@@ -114,6 +119,14 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
             ),
         },
     }
+
+
+def _agreed(flags: Iterable[bool]) -> str:
+    """Cilium's words for node encryption across the nodes: Enabled, Disabled, or mixed."""
+    seen = set(flags)
+    if seen == {True}:
+        return "Enabled"
+    return "Disabled" if seen <= {False} else "mixed"
 
 
 def _wireguard_entry(published_key: str | None, engine: dict[str, Any]) -> dict[str, Any]:
