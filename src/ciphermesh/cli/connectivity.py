@@ -29,8 +29,9 @@ def _print_report(result: ConnectivityResult) -> None:
     for probe in result.probes:
         rtt = f"{probe.rtt_ms:.3f} ms" if probe.rtt_ms is not None else "-"
         outcome = "ok" if probe.ok else f"[red]FAIL[/]: {probe.error}"
-        table.add_row(f"{probe.src_node} ({probe.src_ip})", f"{probe.dst_node} ({probe.dst_ip})",
-                      probe.protocol.upper(), outcome, rtt)
+        src = f"{probe.src_node}{' host' if probe.src_host else ''} ({probe.src_ip})"
+        dst = f"{probe.dst_node}{' host' if probe.dst_host else ''} ({probe.dst_ip})"
+        table.add_row(src, dst, probe.protocol.upper(), outcome, rtt)
     console.print(table)
     for line in result.summary():
         console.print(line, soft_wrap=True)

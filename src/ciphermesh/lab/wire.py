@@ -18,7 +18,7 @@ _PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 50: "ESP"}
 
 @dataclass(frozen=True)
 class PlainPacket:
-    """A packet between pod addresses that crossed the wire unencrypted."""
+    """A packet from or to a pod or node address that crossed the wire unencrypted."""
 
     src: str
     dst: str
@@ -37,6 +37,9 @@ class WireReport:
     wireguard_pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
     plaintext_count: int = 0
     plaintext_samples: list[PlainPacket] = field(default_factory=list)
+    # Plaintext with a node address at one end (node to node, pod to node, node to pod): node encryption's.
+    host_plaintext_count: int = 0
+    host_plaintext_samples: list[PlainPacket] = field(default_factory=list)
 
     @property
     def esp(self) -> int:
@@ -50,6 +53,8 @@ class WireReport:
             "wireguard": self.wireguard,
             "plaintext": self.plaintext_count,
             "plaintextSamples": [vars(sample) for sample in self.plaintext_samples],
+            "plaintextHost": self.host_plaintext_count,
+            "plaintextHostSamples": [vars(sample) for sample in self.host_plaintext_samples],
         }
 
 
@@ -76,8 +81,11 @@ def _link_payload(linktype: int, frame: bytes) -> bytes | None:
 
 
 class _Analyser:
-    def __init__(self, pod_cidrs: Iterable[ipaddress.IPv4Network], samples: int) -> None:
+    def __init__(
+        self, pod_cidrs: Iterable[ipaddress.IPv4Network], node_ips: Iterable[str], samples: int
+    ) -> None:
         self.pods = tuple(pod_cidrs)
+        self.nodes = frozenset(node_ips)
         self.samples = samples
         self.report = WireReport()
 
@@ -107,19 +115,30 @@ class _Analyser:
                 self.report.wireguard += 1
                 self.report.wireguard_pairs[(src, dst)] += 1
                 return
-        if self._is_pod(src) or self._is_pod(dst):
+        sample = PlainPacket(src, dst, _PROTO_NAMES.get(protocol, str(protocol)), inside_vxlan)
+        if src in self.nodes or dst in self.nodes:
+            self.report.host_plaintext_count += 1
+            if len(self.report.host_plaintext_samples) < self.samples:
+                self.report.host_plaintext_samples.append(sample)
+        elif self._is_pod(src) or self._is_pod(dst):
             self.report.plaintext_count += 1
             if len(self.report.plaintext_samples) < self.samples:
-                name = _PROTO_NAMES.get(protocol, str(protocol))
-                self.report.plaintext_samples.append(PlainPacket(src, dst, name, inside_vxlan))
+                self.report.plaintext_samples.append(sample)
 
 
 def analyse_capture(
-    pcap: bytes, pod_cidrs: Iterable[ipaddress.IPv4Network], *, samples: int = 10
+    pcap: bytes,
+    pod_cidrs: Iterable[ipaddress.IPv4Network],
+    *,
+    node_ips: Iterable[str] = (),
+    samples: int = 10,
 ) -> WireReport:
-    """Count ESP per SPI, WireGuard datagrams per address pair and plaintext between pods, VXLAN unwrapped."""
+    """Count ESP per SPI, WireGuard datagrams per address pair and plaintext, VXLAN unwrapped.
+
+    Plaintext with one of `node_ips` at either end is counted apart (host plaintext) from pod plaintext.
+    """
     capture = parse_pcap(pcap)
-    analyser = _Analyser(pod_cidrs, samples)
+    analyser = _Analyser(pod_cidrs, node_ips, samples)
     for record in capture.records:
         analyser.report.frames += 1
         payload = _link_payload(capture.linktype, record.data)

@@ -15,7 +15,7 @@ from ciphermesh.lab.wire import WireReport
 
 @dataclass(frozen=True)
 class ProbeRecord:
-    """One probe between two nodes' pods: what was tried and what came of it."""
+    """One probe between two nodes (their pods, or a node itself): what was tried and what came of it."""
 
     src_node: str
     dst_node: str
@@ -25,15 +25,22 @@ class ProbeRecord:
     ok: bool
     rtt_ms: float | None
     error: str | None
+    src_host: bool = False
+    dst_host: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.protocol} {self.src_node} -> {self.dst_node}"
+        return probe_label(self.protocol, self.src_node, self.dst_node, self.src_host, self.dst_host)
 
     def as_dict(self) -> dict[str, Any]:
         return {"src": self.src_node, "dst": self.dst_node, "protocol": self.protocol,
-                "srcIP": self.src_ip, "dstIP": self.dst_ip, "ok": self.ok, "rttMs": self.rtt_ms,
-                "error": self.error}
+                "srcIP": self.src_ip, "dstIP": self.dst_ip, "srcHost": self.src_host,
+                "dstHost": self.dst_host, "ok": self.ok, "rttMs": self.rtt_ms, "error": self.error}
+
+
+def probe_label(protocol: str, src: str, dst: str, src_host: bool = False, dst_host: bool = False) -> str:
+    """`icmp node-1 -> node-2` between pods; `(host)` marks an end that is the node itself."""
+    return f"{protocol} {src}{' (host)' if src_host else ''} -> {dst}{' (host)' if dst_host else ''}"
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,98 @@ class SanityExpectation:
             f"probe payloads found in the capture: {len(evidence.markers_seen)}/"
             f"{len(evidence.markers_sent)} (expected all)",
         ]
+
+
+def _host_leaks(evidence: WireEvidence) -> list[str]:
+    report = evidence.report
+    leaks = []
+    if report.host_plaintext_count:
+        sample = report.host_plaintext_samples[0]
+        leaks.append(f"{_plural(report.host_plaintext_count, 'plaintext packet')} to or from node addresses "
+                     f"on the underlay, e.g. {sample.protocol} {sample.src} > {sample.dst}")
+    if evidence.markers_seen:
+        leaks.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
+    return leaks
+
+
+@dataclass(frozen=True)
+class NodeEncryptionExpectation:
+    """Node encryption: nothing to or from a node address in clear; host probes' payloads unreadable."""
+
+    mode: str = "node-encryption"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        return _host_leaks(evidence)
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        return [
+            f"node-to-node (node encryption on): plaintext to or from node addresses: "
+            f"{evidence.report.host_plaintext_count}",
+            f"host probe payloads found in the capture: {len(evidence.markers_seen)}/"
+            f"{len(evidence.markers_sent)}",
+        ]
+
+
+@dataclass(frozen=True)
+class NodeSanityExpectation:
+    """Node encryption off: host traffic must be seen in clear, or the check is blind (Cilium's sanity mode).
+
+    `must_see` are the probes that travel in clear; `must_not_see` those ciphermesh always encrypts
+    (a node to a remote pod goes through the engine from its router IP).
+    """
+
+    must_see: tuple[str, ...]
+    must_not_see: tuple[str, ...] = ()
+    mode: str = "node-sanity"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        problems = []
+        missing = [label for label in self.must_see if label not in evidence.markers_seen]
+        if missing:
+            problems.append("sanity mode (node encryption off): host probe payloads not found in the "
+                            f"capture: {', '.join(missing)}")
+        readable = [label for label in self.must_not_see if label in evidence.markers_seen]
+        if readable:
+            problems.append(f"probe payloads readable in the capture: {', '.join(readable)}")
+        return problems
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        seen = sum(1 for label in self.must_see if label in evidence.markers_seen)
+        return [
+            f"node-to-node sanity mode (node encryption off): plaintext to or from node addresses: "
+            f"{evidence.report.host_plaintext_count} (expected > 0)",
+            f"host probe payloads found in the capture: {seen}/{len(self.must_see)} (expected all)",
+        ]
+
+
+@dataclass(frozen=True)
+class StrictModeExpectation:
+    """Strict mode: plaintext pod packets forced out a node are dropped there and counted, never on the wire.
+
+    `injected` and `dropped` count, per node, the packets sent and its guard's drop counter's increase.
+    """
+
+    injected: Mapping[str, int]
+    dropped: Mapping[str, int | None]
+    mode: str = "strict-mode"
+
+    def problems(self, evidence: WireEvidence) -> list[str]:
+        problems = []
+        if evidence.markers_seen:
+            problems.append(f"strict mode let plaintext through: {', '.join(evidence.markers_seen)}")
+        for node, sent in self.injected.items():
+            dropped = self.dropped.get(node)
+            if dropped is None:
+                problems.append(f"{node}: no strict-mode drop counter (is the guard in place?)")
+            elif dropped < sent:
+                problems.append(f"{node}: strict mode counted {dropped} drops for {sent} plaintext packets")
+        return problems
+
+    def summary(self, evidence: WireEvidence) -> list[str]:
+        sent = sum(self.injected.values())
+        dropped = sum(d or 0 for d in self.dropped.values())
+        return [f"strict mode: {dropped} unencrypted drops counted for {sent} plaintext packets forced out "
+                f"cilium_vxlan; seen on the wire: {len(evidence.markers_seen)}"]
 
 
 @dataclass(frozen=True)
