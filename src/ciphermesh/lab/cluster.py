@@ -90,10 +90,25 @@ def _daemon_argv(command: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "ciphermesh", command, *args]
 
 
-def _refuse_leftovers(paths: LabPaths) -> None:
+def _encryption_words(values: Values) -> str:
+    if not values.flag("encryption.enabled"):
+        return "encryption disabled"
+    words = [{"ipsec": "IPsec", "wireguard": "WireGuard"}.get(values.text("encryption.type"), "?")]
+    words += ["node encryption"] if values.flag("encryption.nodeEncryption") else []
+    words += ["strict mode"] if values.flag("encryption.strictMode.enabled") else []
+    return " + ".join(words)
+
+
+def _refuse_leftovers(paths: LabPaths, values: Values) -> None:
     residue = netns.lab_residue(paths.name)
     if paths.root.exists() or residue.namespaces or residue.pids:
         running = paths.read_manifest() is not None and running_etcd(paths.root) is not None
+        if running and paths.values.exists():
+            now, asked = _encryption_words(load_values(files=[str(paths.values)])), _encryption_words(values)
+            if now != asked:
+                # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
+                raise LabError(f"lab {paths.name} runs {now}; switching a running lab to {asked} is not "
+                               f"supported: `ciphermesh lab down --name {paths.name}`, then `lab up` again")
         state = "is already up" if running else "left things behind (a crash?)"
         found = ", ".join(residue.namespaces[:4]) or str(paths.root)
         raise LabError(
@@ -119,7 +134,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
         raise LabError(str(exc)) from None
     _check_pool(values)
     paths = LabPaths.of(name)
-    _refuse_leftovers(paths)
+    _refuse_leftovers(paths, values)
     paths.create()
     write_private(paths.values, yaml.safe_dump(values.as_tree(), sort_keys=False))
     progress("starting etcd")
@@ -171,8 +186,9 @@ def _wait_registered(info: LabInfo, timeout: float) -> None:
             time.sleep(0.1)
 
 
-def start_agent(info: LabInfo, node: str) -> int:
-    common = ["--store", info.store, "--cluster", info.name, "-f", str(info.paths.values)]
+def start_agent(info: LabInfo, node: str, values: Path | None = None) -> int:
+    """Start a node's agent with the lab's values, or with `values` (a node set up differently)."""
+    common = ["--store", info.store, "--cluster", info.name, "-f", str(values or info.paths.values)]
     argv = _daemon_argv(
         "agent", *common, "--node", node, "--node-ip", info.node_ips[node],
         "--status-socket", str(info.paths.agent_socket(node)), "--state-dir", str(info.paths.node_dir(node)),
