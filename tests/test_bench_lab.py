@@ -186,6 +186,31 @@ def test_wireguard_go_anchor_counts_its_processes() -> None:
 @pytest.mark.netns
 @pytest.mark.slow
 @needs_root
+def test_node_to_node_path_counts_the_engines_not_iperf(monkeypatch: pytest.MonkeyPatch) -> None:
+    residue = _our_residue()
+    seen: list[tuple[str, str, list[str]]] = []
+    measure = bench_lab.measure
+
+    def recording(ends: Endpoints, seconds: int) -> Sample:
+        sample = measure(ends, seconds)
+        assert ends.tunnel_pids is not None
+        commands = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in ends.tunnel_pids()]
+        seen.append((ends.client_netns, ends.server_ip, commands))
+        return sample
+
+    monkeypatch.setattr(bench_lab, "measure", recording)
+    result = run_lab_bench(["ipsec-node"], seconds=1, repeats=1, progress=lambda message: None)
+    [path] = result.paths
+    assert path.gbit_per_s > 0 and path.tunnel_cpu_per_gb is not None and path.tunnel_cpu_per_gb > 0
+    [(client, server_ip, commands)] = seen
+    assert client.endswith("-node-1") and server_ip.startswith("172.")  # the nodes themselves
+    assert commands and "iperf3" not in commands and "ping" not in commands
+    assert _our_residue() == residue
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@needs_root
 def test_interrupted_run_tears_everything_down(monkeypatch: pytest.MonkeyPatch) -> None:
     residue = _our_residue()
     seen: list[int] = []

@@ -35,6 +35,12 @@ SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
                 ("encryption.enabled=true", "encryption.type=ipsec")),
     LabScenario("wireguard", "lab, WireGuard userspace engine",
                 ("encryption.enabled=true", "encryption.type=wireguard")),
+    LabScenario("ipsec-node", "lab, IPsec node encryption, node to node",
+                ("encryption.enabled=true", "encryption.type=ipsec", "encryption.nodeEncryption=true"),
+                host=True),
+    LabScenario("wireguard-node", "lab, WireGuard node encryption, node to node",
+                ("encryption.enabled=true", "encryption.type=wireguard", "encryption.nodeEncryption=true"),
+                host=True),
     WireguardGoScenario(),
 )}
 DEFAULT_SCENARIOS = ("disabled", "ipsec", "wireguard-go")

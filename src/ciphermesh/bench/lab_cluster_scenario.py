@@ -1,4 +1,4 @@
-"""A scenario on a two-node ciphermesh lab: a client pod on node-1, a server pod on node-2."""
+"""A scenario on a two-node ciphermesh lab: a client pod on node-1, a server pod on node-2 (or the nodes)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ciphermesh.bench.lab_scenario import Endpoints, Progress
 from ciphermesh.config.values import load_values
@@ -16,6 +17,7 @@ from ciphermesh.lab.processes import pids_in_netns
 from ciphermesh.lab.state import LabPaths
 
 LAB_PREFIX = "bn"
+MEASURING_TOOLS = frozenset({"iperf3", "ping"})
 _NAME_ATTEMPTS = 8
 
 
@@ -30,11 +32,12 @@ def free_lab_name() -> str:
 
 @dataclass(frozen=True)
 class LabScenario:
-    """Pod to pod across two lab nodes, with the lab configured by Helm-style `--set` expressions."""
+    """Pod to pod across two lab nodes (`host`: node to node), the lab configured by `--set` expressions."""
 
     name: str
     label: str
     sets: tuple[str, ...]
+    host: bool = False
     tools: tuple[str, ...] = ("iperf3", "ping", "nsenter", "ip")
 
     @contextmanager
@@ -44,6 +47,11 @@ class LabScenario:
         progress(f"{self.name}: lab {lab} up ({', '.join(self.sets) or 'defaults'})")
         try:
             info = lab_up(lab, 2, values, lambda message: progress(f"{self.name}: {message}"))
+            if self.host:
+                client_node, server_node = info.nodes
+                yield Endpoints(info.netns_of(client_node), info.netns_of(server_node),
+                                info.node_ips[server_node], lambda: _node_pids(info))
+                return
             client = run_pod(info, "client", info.nodes[0])
             server = run_pod(info, "server", info.nodes[1])
             yield Endpoints(client.netns, server.netns, server.ip, lambda: _node_pids(info))
@@ -53,5 +61,14 @@ class LabScenario:
 
 
 def _node_pids(info: LabInfo) -> list[int]:
-    # The node namespaces hold the agents (whose threads include the userspace engine) and nothing else.
-    return [pid for node in info.nodes for pid in pids_in_netns(info.netns_of(node))]
+    # The node namespaces hold the agents (whose threads include the userspace engine), and in the host
+    # scenarios the measuring tools, which are not the tunnel's work.
+    return [pid for node in info.nodes for pid in pids_in_netns(info.netns_of(node))
+            if _command(pid) not in MEASURING_TOOLS]
+
+
+def _command(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None

@@ -46,7 +46,8 @@ def legend(result: LabBenchResult) -> list[str]:
         "(rate and bytes as the receiver counts them), then "
         f"ping -c {PING_COUNT} -i {PING_INTERVAL_S} (nearest-rank percentiles)",
         "CPU-s/GB (tunnel procs): utime+stime of the processes that carry the packets, both ends (lab: "
-        "everything in the node namespaces, i.e. the agents incl. the userspace IPsec engine thread; "
+        "the processes in the node namespaces but iperf3 and ping, i.e. the agents incl. the userspace "
+        "engines' threads; "
         "wireguard-go: its two processes); '-' where the kernel alone carries them",
         "CPU-s/GB (machine): user+nice+system+irq+softirq of all CPUs from /proc/stat over the transfer, "
         "incl. iperf3 at both ends, softirq work of kernel VXLAN and veth, and anything else running; "
