@@ -14,7 +14,7 @@ from rich.table import Table
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabError, lab_down, lab_up, load_lab
+from ciphermesh.lab.cluster import LabError, encryption_words, lab_down, lab_up, load_lab
 from ciphermesh.lab.pod_registry import delete_pod_record, list_pod_records, pod_command, run_pod
 from ciphermesh.lab.state import LabNameError
 
@@ -35,8 +35,9 @@ def _up(args: argparse.Namespace) -> int:
         info = lab_up(args.name, args.nodes, values, _progress)
     except (LabError, LabNameError) as exc:
         raise CliError(str(exc)) from None
-    mode = values.text("encryption.type") if values.flag("encryption.enabled") else "disabled"
-    print(f"lab {info.name} is up: {len(info.nodes)} nodes on {info.subnet}, encryption {mode}")
+    words = encryption_words(values)
+    mode = words if words == "encryption disabled" else f"encryption {words}"
+    print(f"lab {info.name} is up: {len(info.nodes)} nodes on {info.subnet}, {mode}")
     return 0
 
 

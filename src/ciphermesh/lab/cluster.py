@@ -90,7 +90,8 @@ def _daemon_argv(command: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "ciphermesh", command, *args]
 
 
-def _encryption_words(values: Values) -> str:
+def encryption_words(values: Values) -> str:
+    """`IPsec`, `WireGuard + node encryption + strict mode`, `encryption disabled`: for messages."""
     if not values.flag("encryption.enabled"):
         return "encryption disabled"
     words = [{"ipsec": "IPsec", "wireguard": "WireGuard"}.get(values.text("encryption.type"), "?")]
@@ -104,7 +105,7 @@ def _refuse_leftovers(paths: LabPaths, values: Values) -> None:
     if paths.root.exists() or residue.namespaces or residue.pids:
         running = paths.read_manifest() is not None and running_etcd(paths.root) is not None
         if running and paths.values.exists():
-            now, asked = _encryption_words(load_values(files=[str(paths.values)])), _encryption_words(values)
+            now, asked = encryption_words(load_values(files=[str(paths.values)])), encryption_words(values)
             if now != asked:
                 # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
                 raise LabError(f"lab {paths.name} runs {now}; switching a running lab to {asked} is not "
