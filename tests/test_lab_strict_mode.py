@@ -86,8 +86,8 @@ def test_switching_the_running_lab_is_refused_with_the_way_out(
                      "--set", "encryption.type=wireguard")
     assert switch.returncode == 1
     assert error_line(switch) == (
-        f"ciphermesh: lab {info.name} runs IPsec + strict mode; switching a running lab to WireGuard is not "
-        f"supported: `ciphermesh lab down --name {info.name}`, then `lab up` again"
+        f"ciphermesh: lab {info.name} is already up, with IPsec + strict mode; switching a running lab to "
+        f"WireGuard is not supported: run `ciphermesh lab down --name {info.name}` first, then `lab up` again"
     )
     wait_ready(info, READY_TIMEOUT)  # untouched
 

@@ -108,8 +108,9 @@ def _refuse_leftovers(paths: LabPaths, values: Values) -> None:
             now, asked = encryption_words(load_values(files=[str(paths.values)])), encryption_words(values)
             if now != asked:
                 # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
-                raise LabError(f"lab {paths.name} runs {now}; switching a running lab to {asked} is not "
-                               f"supported: `ciphermesh lab down --name {paths.name}`, then `lab up` again")
+                raise LabError(f"lab {paths.name} is already up, with {now}; switching a running lab to "
+                               f"{asked} is not supported: run `ciphermesh lab down --name {paths.name}` "
+                               "first, then `lab up` again")
         state = "is already up" if running else "left things behind (a crash?)"
         found = ", ".join(residue.namespaces[:4]) or str(paths.root)
         raise LabError(
