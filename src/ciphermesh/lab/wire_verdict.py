@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ciphermesh.lab.wire import WireReport
+from ciphermesh.lab.wire import PlainPacket, WireReport
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,10 @@ class Expectation(Protocol):
         """One line per fact a reader checks, e.g. `ESP spi=0x3: 12 packets, plaintext between pods: 0`."""
 
 
-def _plaintext_example(report: WireReport) -> str:
-    if not report.plaintext_samples:
+def _plaintext_example(samples: Sequence[PlainPacket]) -> str:
+    if not samples:
         return ""
-    sample = report.plaintext_samples[0]
+    sample = samples[0]
     where = " inside VXLAN" if sample.inside_vxlan else ""
     return f", e.g. {sample.protocol} {sample.src} > {sample.dst}{where}"
 
@@ -94,13 +94,18 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _leaks(evidence: WireEvidence) -> list[str]:
-    """What an encrypted mode must never show: pod packets in clear, or a probe's payload readable."""
+def _leaks(evidence: WireEvidence, *, hosts: bool = False) -> list[str]:
+    """What an encrypted mode must never show: packets in clear (between pods, or with `hosts` to or
+    from node addresses), or a probe's payload readable."""
     report = evidence.report
+    if hosts:
+        count, samples, where = report.host_plaintext_count, report.host_plaintext_samples, "to or from node"
+    else:
+        count, samples, where = report.plaintext_count, report.plaintext_samples, "between pod"
     leaks = []
-    if report.plaintext_count:
-        leaks.append(f"{_plural(report.plaintext_count, 'plaintext packet')} between pod addresses "
-                     f"on the underlay{_plaintext_example(report)}")
+    if count:
+        leaks.append(f"{_plural(count, 'plaintext packet')} {where} addresses on the underlay"
+                     f"{_plaintext_example(samples)}")
     if evidence.markers_seen:
         leaks.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
     return leaks
@@ -191,18 +196,6 @@ class SanityExpectation:
         ]
 
 
-def _host_leaks(evidence: WireEvidence) -> list[str]:
-    report = evidence.report
-    leaks = []
-    if report.host_plaintext_count:
-        sample = report.host_plaintext_samples[0]
-        leaks.append(f"{_plural(report.host_plaintext_count, 'plaintext packet')} to or from node addresses "
-                     f"on the underlay, e.g. {sample.protocol} {sample.src} > {sample.dst}")
-    if evidence.markers_seen:
-        leaks.append(f"probe payloads readable in the capture: {', '.join(evidence.markers_seen)}")
-    return leaks
-
-
 @dataclass(frozen=True)
 class NodeEncryptionExpectation:
     """Node encryption: nothing to or from a node address in clear; host probes' payloads unreadable."""
@@ -210,7 +203,7 @@ class NodeEncryptionExpectation:
     mode: str = "node-encryption"
 
     def problems(self, evidence: WireEvidence) -> list[str]:
-        return _host_leaks(evidence)
+        return _leaks(evidence, hosts=True)
 
     def summary(self, evidence: WireEvidence) -> list[str]:
         return [
