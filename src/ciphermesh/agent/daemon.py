@@ -116,6 +116,8 @@ class Agent:
         self.node_encryption = node_encryption(options.values)
         self.strict_cidr = strict_cidr(options.values)
         self._guard: StrictGuard | None = None
+        self._applied: DesiredDatapath | None = None
+        self._applied_at = 0.0
         self._guard_cleared = False
         self.mtus: Mtus = plan_mtus("none" if self.mode == "disabled" else self.mode)
         self.phase = "starting"
@@ -235,10 +237,15 @@ class Agent:
             self.keyring.expire(now)
         local = registration.node
         try:
-            self._ensure_strict_guard()
             desired = plan(local, self._view.nodes(), mode=self.mode, keys=self.keyring.keys,
                            current_key_id=self.keyring.current_id, node_encryption=self.node_encryption)
-            self._apply(desired)
+            # Most store events (other nodes' status, health) change nothing here: the kernel is read
+            # and written only when the plan changed, and at least every RESYNC_SECONDS to undo drift.
+            if desired != self._applied or time.monotonic() - self._applied_at >= RESYNC_SECONDS:
+                self._applied = None
+                self._ensure_strict_guard()
+                self._apply(desired)
+                self._applied, self._applied_at = desired, time.monotonic()
             self._publish(registration)
         except Exception as exc:
             log.exception("apply failed")
