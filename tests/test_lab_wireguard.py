@@ -10,7 +10,7 @@ import signal
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -159,6 +159,23 @@ def test_agent_restart_keeps_the_public_key(ready_lab: WgLab) -> None:
     for entry in encryption["nodes"]:
         assert entry["publicKey"] == before[entry["name"]]
         assert {p["publicKey"] for p in entry["peers"]} == {before[n] for n in NODES if n != entry["name"]}
+
+
+def test_a_record_stripped_of_its_public_key_gets_it_back(ready_lab: WgLab, tmp_path: Path) -> None:
+    lab = ready_lab
+    key = _published_keys(lab)["node-3"]
+    assert key is not None
+    with UnderlayCapture(lab.name, tmp_path / "stripped.pcap") as capture:
+        # As a hand edit (or Cilium's #25492) would leave it: peers hold node-3 until the key is back.
+        with connect(lab.info) as store:
+            store.update_node("node-3", lambda node: replace(node, annotations={}))
+        took = eventually(lambda: _published_keys(lab)["node-3"] == key, 10.0, "node-3's key published again")
+        print(f"public key back in the record after {took:.2f} s")
+        reach_all(list(lab.pods.values()), timeout=10.0)
+        report = analyse(capture, pod_cidrs(lab.name))
+    assert report.plaintext_count == 0, report.plaintext_samples
+    log = lab.info.paths.logs / "agent-node-3.log"
+    assert "publishing ours again" in log.read_text()
 
 
 def _peer_keys(lab: WgLab, node: str) -> set[str]:

@@ -345,10 +345,27 @@ class Agent:
         errors = tuple(self._errors())
         node = registration.node
         published = (node.key_id, dict(node.encryption), node.agent, node.errors)
-        if published != (key_id, summary, "ready", errors):
-            registration.update(
-                lambda n: replace(n, key_id=key_id, encryption=summary, agent="ready", errors=errors)
-            )
+        annotations = self._own_annotations()
+        if published != (key_id, summary, "ready", errors) or annotations is not None:
+            registration.update(lambda n: replace(
+                n, key_id=key_id, encryption=summary, agent="ready", errors=errors,
+                annotations=n.annotations if annotations is None else {**n.annotations, **annotations},
+            ))
+
+    def _own_annotations(self) -> dict[str, str] | None:
+        """Our WireGuard public key, if the store's record of this node lost or changed it (else None).
+
+        Peers hold a node without its key (fail closed); a record edited by hand must not keep it so.
+        """
+        if self._wireguard is None:
+            return None
+        mine = self._wireguard.public_key
+        stored = next((n for n in self._view.nodes() if n.name == self.options.node), None)
+        if stored is None or stored.wg_pub_key == mine:
+            return None
+        log.warning("the store's record of %s has no or another WireGuard public key; publishing ours again",
+                    self.options.node)
+        return {WG_PUB_KEY_ANNOTATION: mine}
 
     def _encryption_summary(self) -> dict[str, Any]:
         ipsec = self.mode == "ipsec"
