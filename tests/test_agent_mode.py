@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.agent.daemon import UnsupportedModeError, agent_mode, node_encryption, strict_cidr
+from ciphermesh.agent.modes import (
+    UnsupportedModeError,
+    agent_mode,
+    node_encryption,
+    strict_cidr,
+    strict_guard,
+)
 from ciphermesh.cli.main import main
 from ciphermesh.config import Values, load_values
+from ciphermesh.datapath.strict_mode import render_ruleset
 
 
 def test_modes() -> None:
@@ -53,3 +60,18 @@ def test_lab_up_refuses_an_unusable_strict_mode(capsys: pytest.CaptureFixture[st
     assert main(["lab", "up", "--name", "cmrefuse", "--set", strict, "--set", pools]) == 1
     assert "strict mode guards one CIDR" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1
+
+
+def test_strict_guard_exempts_the_node_ip_and_with_allow_remote_node_identities_the_peers() -> None:
+    node, peers = IPv4Address("172.18.0.2"), [IPv4Address("172.18.0.4"), IPv4Address("172.18.0.3")]
+    assert strict_guard(load_values(), node, peers) is None
+    on = "encryption.strictMode.enabled=true"
+    guard = strict_guard(load_values(sets=[on, "encryption.strictMode.cidr=10.0.0.0/16"]), node, peers)
+    assert guard is not None
+    assert (guard.cidr, guard.devices) == (IPv4Network("10.0.0.0/16"), ("eth0", "cilium_vxlan"))
+    assert guard.exempt_sources == (node,) and guard.exempt_destinations == ()
+    allowing = load_values(sets=[on, "encryption.strictMode.allowRemoteNodeIdentities=true"])
+    guard = strict_guard(allowing, node, peers)
+    assert guard is not None and guard.exempt_destinations == tuple(sorted(peers))
+    # The rendered ruleset lets traffic to the peers' node IPs through, and only that.
+    assert "ip daddr { 172.18.0.3, 172.18.0.4 } accept" in render_ruleset(guard)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ciphermesh.agent.daemon import agent_mode
+from ciphermesh.agent.modes import agent_mode
 from ciphermesh.agent.plan import WIREGUARD_PORT, DesiredDatapath, plan
 from ciphermesh.agent.wireguard_key import KEY_FILENAME, KeyFileError, load_or_create_private_key
 from ciphermesh.config import load_values

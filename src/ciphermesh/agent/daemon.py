@@ -14,6 +14,7 @@ from typing import Any
 
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
 from ciphermesh.agent.keyring import KeyRing
+from ciphermesh.agent.modes import agent_mode, node_encryption, strict_cidr, strict_guard
 from ciphermesh.agent.plan import WIREGUARD_PORT, DesiredDatapath, Mode, plan
 from ciphermesh.agent.status_socket import StatusSocketServer
 from ciphermesh.agent.watch import ClusterView
@@ -23,8 +24,6 @@ from ciphermesh.datapath.errors import DatapathError
 from ciphermesh.datapath.ipsec_engine import IPsecEngine
 from ciphermesh.datapath.mtu import Mtus, plan_mtus
 from ciphermesh.datapath.node_links import (
-    CILIUM_VXLAN,
-    UNDERLAY_DEVICE,
     NodeLinks,
     ensure_node_links,
     router_ip,
@@ -37,7 +36,6 @@ from ciphermesh.datapath.strict_mode import StrictGuard, apply_guard, read_drops
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
-from ciphermesh.operator.ipam import POOL_KEY
 from ciphermesh.store.base import NodeRegistration, Store
 from ciphermesh.store.errors import PodCIDRTimeoutError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
@@ -48,47 +46,6 @@ log = logging.getLogger(__name__)
 ENGINE_TUN = "cm_ipsec"
 RESYNC_SECONDS = 5.0
 DEFAULT_STATE_DIR = Path("/var/run/cilium/state")
-
-
-class UnsupportedModeError(ValueError):
-    """Settings this agent cannot carry out; it refuses to start rather than forward in plaintext."""
-
-
-def agent_mode(values: Values) -> Mode:
-    """The datapath mode the settings ask for; UnsupportedModeError for settings it cannot carry out."""
-    strict_cidr(values)
-    if not values.flag("encryption.enabled"):
-        return "disabled"
-    kind = values.text("encryption.type")
-    if kind == "ipsec":
-        return "ipsec"
-    if kind == "wireguard":
-        return "wireguard"
-    raise UnsupportedModeError(
-        f"encryption.type={kind}: the agent does not run this mode; "
-        "refusing to start rather than send pod traffic unencrypted"
-    )
-
-
-def strict_cidr(values: Values) -> IPv4Network | None:
-    """Strict mode's CIDR (default: the IPAM pool); None when off, UnsupportedModeError if unusable."""
-    if not values.flag("encryption.strictMode.enabled"):
-        return None
-    given = values.text("encryption.strictMode.cidr")
-    if given:
-        return IPv4Network(given)
-    pool = values.cidrs(POOL_KEY)
-    if len(pool) != 1:
-        # Cilium exits too: its strict mode guards one IPv4 CIDR.
-        raise UnsupportedModeError(
-            f"strict mode guards one CIDR: set encryption.strictMode.cidr ({POOL_KEY} has {len(pool)})"
-        )
-    return pool[0]
-
-
-def node_encryption(values: Values) -> bool:
-    """Whether host traffic is encrypted too: asked for, and an encryption mode on (as Cilium)."""
-    return values.flag("encryption.enabled") and values.flag("encryption.nodeEncryption")
 
 
 @dataclass(frozen=True)
@@ -294,16 +251,8 @@ class Agent:
             )
 
     def _wanted_guard(self) -> StrictGuard | None:
-        if self.strict_cidr is None:
-            return None
-        remote_nodes: tuple[IPv4Address, ...] = ()
-        if self.options.values.flag("encryption.strictMode.allowRemoteNodeIdentities"):
-            remote_nodes = tuple(sorted(IPv4Address(n.node_ip) for n in self._view.nodes()
-                                        if n.name != self.options.node))
-        # The node IP is exempt as in Cilium; the router IP is not: whatever it sends to pods goes
-        # through the engine here, so in clear it would be a leak.
-        return StrictGuard(self.strict_cidr, (UNDERLAY_DEVICE, CILIUM_VXLAN),
-                           exempt_sources=(self.options.node_ip,), exempt_destinations=remote_nodes)
+        peers = [IPv4Address(n.node_ip) for n in self._view.nodes() if n.name != self.options.node]
+        return strict_guard(self.options.values, self.options.node_ip, peers)
 
     def _ensure_strict_guard(self) -> None:
         """Strict mode's nftables guard in place before any route (again if it was removed by hand)."""

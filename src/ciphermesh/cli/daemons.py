@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions, UnsupportedModeError
+from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
+from ciphermesh.agent.modes import UnsupportedModeError
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args

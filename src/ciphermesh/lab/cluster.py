@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ciphermesh.agent.daemon import UnsupportedModeError, agent_mode
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.status_socket import query_status
 from ciphermesh.config import Values, load_values
 from ciphermesh.keys import generate_line

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from ciphermesh.agent.daemon import node_encryption
+from ciphermesh.agent.modes import node_encryption
 from ciphermesh.config import load_values
 from ciphermesh.datapath.node_links import CILIUM_VXLAN
 from ciphermesh.keys import KeyLineError, parse_secret
