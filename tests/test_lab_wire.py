@@ -113,6 +113,8 @@ def test_node_expectations_judge_host_plaintext_and_markers() -> None:
     assert sanity.problems(WireEvidence(leaky, sent, (host_to_host,), 0)) == []
     # Blind (nothing seen) and leaking (the always-encrypted probe readable) both fail.
     assert "not found in the capture" in sanity.problems(WireEvidence(clean, sent, (), 0))[0]
+    # A capture that lost packets proves no absence: judged incomplete instead (by `judge`).
+    assert sanity.problems(WireEvidence(clean, sent, (), 3)) == []
     assert sanity.problems(WireEvidence(leaky, sent, sent, 0)) == [
         f"probe payloads readable in the capture: {host_to_pod}"
     ]
