@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import stat
@@ -111,6 +112,13 @@ def test_cilium_wg0_keys_and_status(ready_lab: WgLab) -> None:
     assert first == "Encryption: Wireguard (3/3 nodes) [NodeEncryption: Disabled]", table.stdout
     assert table.stdout.count("Interface: cilium_wg0") == 3
     assert table.stdout.count("Number of peers: 2") == 3
+    # Every peer whole, as `wg show` prints it: its pod CIDR and node IP among the allowed IPs.
+    allowed = [line.strip() for line in table.stdout.splitlines() if line.strip().startswith("allowed ips: ")]
+    assert len(allowed) == 6
+    for line in allowed:
+        pod_cidr, node_ip = sorted(line.removeprefix("allowed ips: ").split(", "))
+        assert re.fullmatch(r"10\.0\.\d+\.0/24", pod_cidr), line
+        assert re.fullmatch(r"172\.\d+\.0\.\d+/32", node_ip), line
 
 
 def test_pod_traffic_is_only_wireguard_between_every_node_pair(ready_lab: WgLab, tmp_path: Path) -> None:

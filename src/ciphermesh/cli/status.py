@@ -111,7 +111,7 @@ def _print_strict_mode(console: Console, nodes: list[dict[str, Any]]) -> None:
     cidrs = sorted({entry["cidr"] for entry in strict.values()})
     drops = ", ".join(f"{name}: {entry['unencryptedDrops']}" for name, entry in strict.items())
     console.print(f"Strict mode: {', '.join(cidrs)} on {len(strict)}/{len(nodes)} nodes; "
-                  f"unencrypted traffic dropped: {drops}")
+                  f"unencrypted traffic dropped: {drops}", soft_wrap=True)
 
 
 def _print_wireguard(console: Console, nodes: list[dict[str, Any]]) -> None:
@@ -124,15 +124,16 @@ def _print_wireguard(console: Console, nodes: list[dict[str, Any]]) -> None:
         console.print(f"\tErrors: {node['errorCount']}")
         drops = ", ".join(f"{name}: {count}" for name, count in sorted(node["drops"].items()))
         console.print(f"\tDrops: {drops or 0}")
-    table = Table("NODE", "PEER", "ENDPOINT", "ALLOWED IPS", "LATEST HANDSHAKE", "TRANSFER", box=None)
+    # As `wg show` prints peers, a line each field: public keys and allowed IPs never fit a table's column.
     for node in nodes:
         for peer in node["peers"]:
             handshake = peer["latestHandshake"]
             ago = f"{max(0, int(now - handshake))} s ago" if handshake else "never"
-            transfer = f"{peer['rxBytes']} B received, {peer['txBytes']} B sent"
-            table.add_row(node["name"], peer["publicKey"], peer["endpoint"] or "-",
-                          ",".join(peer["allowedIPs"]), ago, transfer)
-    console.print(table)
+            console.print(f"{node['name']} peer: {peer['publicKey']}")
+            console.print(f"\tendpoint: {peer['endpoint'] or '-'}")
+            console.print(f"\tallowed ips: {', '.join(peer['allowedIPs']) or '(none)'}")
+            console.print(f"\tlatest handshake: {ago}")
+            console.print(f"\ttransfer: {peer['rxBytes']} B received, {peer['txBytes']} B sent")
     for node in nodes:
         for problem in node["problems"]:
             console.print(f"[yellow]{node['name']}[/]: {problem}")
