@@ -54,9 +54,14 @@ def test_strict_mode_cidr_given_or_the_pool() -> None:
         agent_mode(two_pools)
 
 
+def test_strict_mode_without_encryption_is_refused() -> None:
+    with pytest.raises(UnsupportedModeError, match="would drop all pod traffic between nodes"):
+        agent_mode(load_values(sets=["encryption.strictMode.enabled=true"]))
+
+
 def test_lab_up_refuses_an_unusable_strict_mode(capsys: pytest.CaptureFixture[str]) -> None:
     pools = "ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.0/16,10.1.0.0/16}"
-    strict = "encryption.strictMode.enabled=true"
+    strict = "encryption.enabled=true,encryption.strictMode.enabled=true"
     assert main(["lab", "up", "--name", "cmrefuse", "--set", strict, "--set", pools]) == 1
     assert "strict mode guards one CIDR" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1
