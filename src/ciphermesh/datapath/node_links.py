@@ -11,9 +11,9 @@ from ciphermesh.datapath.errors import DeviceMissingError
 from ciphermesh.datapath.mtu import Mtus
 from ciphermesh.datapath.rtnl import (
     RT_SCOPE_LINK,
+    ensure_link_up,
     get_link,
     ipv4_addresses,
-    is_up,
     link_index,
     link_info_data,
     link_kind,
@@ -107,7 +107,7 @@ def _ensure_host_pair(ipr: Any, spec: NodeLinks, changes: Changes) -> None:
             ipr.link("add", ifname=CILIUM_HOST, kind="veth", peer={"ifname": CILIUM_NET})
         changes.added.append(f"link {CILIUM_HOST} type veth peer {CILIUM_NET}")
     for name in (CILIUM_HOST, CILIUM_NET):
-        _ensure_mtu_up(ipr, name, spec.mtus.device, changes)
+        ensure_link_up(ipr, require_link(ipr, name), spec.mtus.device, changes)
     index = require_link(ipr, CILIUM_HOST)["index"]
     wanted = (str(spec.router_ip), 32)
     for address, prefixlen in ipv4_addresses(ipr, index):
@@ -165,16 +165,4 @@ def _ensure_vxlan(ipr: Any, spec: NodeLinks, device: int, changes: Changes) -> N
         with netlink_op(f"set {CILIUM_VXLAN} address {spec.vtep_mac}"):
             ipr.link("set", index=link["index"], address=spec.vtep_mac)
         changes.added.append(f"link {CILIUM_VXLAN} address {spec.vtep_mac}")
-    _ensure_mtu_up(ipr, CILIUM_VXLAN, spec.mtus.vxlan, changes)
-
-
-def _ensure_mtu_up(ipr: Any, name: str, mtu: int, changes: Changes) -> None:
-    link = require_link(ipr, name)
-    if link.get_attr("IFLA_MTU") != mtu:
-        with netlink_op(f"set {name} mtu {mtu}"):
-            ipr.link("set", index=link["index"], mtu=mtu)
-        changes.added.append(f"link {name} mtu {mtu}")
-    if not is_up(link):
-        with netlink_op(f"set {name} up"):
-            ipr.link("set", index=link["index"], state="up")
-        changes.added.append(f"link {name} up")
+    ensure_link_up(ipr, require_link(ipr, CILIUM_VXLAN), spec.mtus.vxlan, changes)

@@ -23,8 +23,8 @@ from ciphermesh.datapath.ownership import (
     TUNNEL_MARK_MASK,
 )
 from ciphermesh.datapath.route_set import OwnedRoute, converge_routes
-from ciphermesh.datapath.routing import FAIL_CLOSED_METRIC, TUN_METRIC, ensure_tun_up
-from ciphermesh.datapath.rtnl import RTN_UNICAST, RTN_UNREACHABLE, get_link
+from ciphermesh.datapath.routing import FAIL_CLOSED_METRIC, TUN_METRIC
+from ciphermesh.datapath.rtnl import RTN_UNICAST, RTN_UNREACHABLE, ensure_link_up, get_link
 
 NODE_RULE = OwnedRule(
     NODE_RULE_PRIORITY, NODE_TABLE, PROTO_NODE_ENCRYPTION, fwmark=0, fwmask=TUNNEL_MARK_MASK
@@ -54,7 +54,7 @@ def reconcile_node_routing(
                         changes=changes)
         ensure_rule(ipr, NODE_RULE, changes)
         raise DeviceMissingError(f"TUN device {tun} not found: peers' node IPs stay unreachable")
-    ensure_tun_up(ipr, link, tun, mtu, changes)
+    ensure_link_up(ipr, link, mtu, changes)
     via_tun = {
         OwnedRoute(dst, TUN_METRIC, RTN_UNICAST, link["index"], str(local_node_ip), mtu) for dst in encrypted
     }

@@ -20,7 +20,14 @@ from ciphermesh.datapath.errors import DeviceMissingError
 from ciphermesh.datapath.owned_rules import OwnedRule, ensure_rule, remove_rules
 from ciphermesh.datapath.ownership import ESP_RULE_PRIORITY, ESP_TABLE, MAIN_TABLE, PROTO_ENGINE
 from ciphermesh.datapath.route_set import OwnedRoute, converge_routes
-from ciphermesh.datapath.rtnl import RTN_UNICAST, RTN_UNREACHABLE, delete_route, get_link, is_up, netlink_op
+from ciphermesh.datapath.rtnl import (
+    RTN_UNICAST,
+    RTN_UNREACHABLE,
+    delete_route,
+    ensure_link_up,
+    get_link,
+    netlink_op,
+)
 
 IPPROTO_ESP = 50
 TUN_METRIC = 10
@@ -75,7 +82,7 @@ def reconcile_engine_routing(
     if link is None:
         converge_routes(ipr, fail_closed, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=tun, changes=changes)
         raise DeviceMissingError(f"TUN device {tun} not found: remote pod CIDRs stay unreachable")
-    ensure_tun_up(ipr, link, tun, mtu, changes)
+    ensure_link_up(ipr, link, mtu, changes)
     via_tun = {
         OwnedRoute(cidr, TUN_METRIC, RTN_UNICAST, link["index"], str(local_router_ip), mtu)
         for cidr in remote_cidrs
@@ -83,18 +90,6 @@ def reconcile_engine_routing(
     desired = fail_closed | via_tun
     converge_routes(ipr, desired, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=tun, changes=changes)
     return changes
-
-
-def ensure_tun_up(ipr: Any, link: Any, tun: str, mtu: int, changes: Changes) -> None:
-    """The engine's TUN up with the pod MTU."""
-    if link.get_attr("IFLA_MTU") != mtu:
-        with netlink_op(f"set {tun} mtu {mtu}"):
-            ipr.link("set", index=link["index"], mtu=mtu)
-        changes.added.append(f"link {tun} mtu {mtu}")
-    if not is_up(link):
-        with netlink_op(f"set {tun} up"):
-            ipr.link("set", index=link["index"], state="up")
-        changes.added.append(f"link {tun} up")
 
 
 def remove_engine_routing(ipr: Any) -> Changes:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ciphermesh.datapath.changes import Changes
 from ciphermesh.datapath.errors import DatapathError, DeviceMissingError
 
 NUD_PERMANENT = 0x80
@@ -88,3 +89,16 @@ def require_link(ipr: Any, name: str) -> Any:
     if link is None:
         raise DeviceMissingError(f"device {name} not found")
     return link
+
+
+def ensure_link_up(ipr: Any, link: Any, mtu: int | None, changes: Changes) -> None:
+    """The dumped link up, with `mtu` unless None; what was changed goes into `changes`."""
+    name = link.get_attr("IFLA_IFNAME")
+    if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
+        with netlink_op(f"set {name} mtu {mtu}"):
+            ipr.link("set", index=link["index"], mtu=mtu)
+        changes.added.append(f"link {name} mtu {mtu}")
+    if not is_up(link):
+        with netlink_op(f"set {name} up"):
+            ipr.link("set", index=link["index"], state="up")
+        changes.added.append(f"link {name} up")

@@ -15,7 +15,14 @@ from pyroute2 import IPRoute
 
 from ciphermesh.datapath.changes import Changes
 from ciphermesh.datapath.mtu import ETHERNET_MTU
-from ciphermesh.datapath.rtnl import get_link, ipv4_addresses, is_up, link_kind, netlink_op, require_link
+from ciphermesh.datapath.rtnl import (
+    ensure_link_up,
+    get_link,
+    ipv4_addresses,
+    link_kind,
+    netlink_op,
+    require_link,
+)
 from ciphermesh.lab import netns
 from ciphermesh.lab.names import node_netns, underlay_netns
 from ciphermesh.lab.state import check_lab_name
@@ -121,13 +128,13 @@ def build(plan: TopologyPlan) -> Changes:
         netns.create(node.netns)
         netns.write_sysctls(node.netns, _NODE_SYSCTLS)
     with netns.iproute(plan.underlay_netns) as ipr:
-        _ensure_up(ipr, "lo", None, changes)
+        ensure_link_up(ipr, require_link(ipr, "lo"), None, changes)
         bridge = _ensure_bridge(ipr, plan, changes)
         for node in plan.nodes:
             _ensure_node_port(ipr, plan, node, bridge, changes)
     for node in plan.nodes:
         with netns.iproute(node.netns) as ipr:
-            _ensure_up(ipr, "lo", None, changes)
+            ensure_link_up(ipr, require_link(ipr, "lo"), None, changes)
             _ensure_node_eth0(ipr, plan, node, changes)
     return changes
 
@@ -140,18 +147,6 @@ def teardown(lab: str) -> list[str]:
     for name in names:
         netns.delete(name)
     return names
-
-
-def _ensure_up(ipr: Any, name: str, mtu: int | None, changes: Changes) -> None:
-    link = require_link(ipr, name)
-    if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
-        with netlink_op(f"set {name} mtu {mtu}"):
-            ipr.link("set", index=link["index"], mtu=mtu)
-        changes.added.append(f"link {name} mtu {mtu}")
-    if not is_up(link):
-        with netlink_op(f"set {name} up"):
-            ipr.link("set", index=link["index"], state="up")
-        changes.added.append(f"link {name} up")
 
 
 def _ensure_address(ipr: Any, name: str, address: IPv4Address, prefixlen: int, changes: Changes) -> None:
@@ -179,7 +174,7 @@ def _ensure_bridge(ipr: Any, plan: TopologyPlan, changes: Changes) -> int:
             ipr.link("add", ifname=BRIDGE, kind="bridge", address=docker_mac(plan.gateway), mtu=plan.mtu)
         changes.added.append(f"link {BRIDGE} type bridge")
     _ensure_address(ipr, BRIDGE, plan.gateway, plan.subnet.prefixlen, changes)
-    _ensure_up(ipr, BRIDGE, plan.mtu, changes)
+    ensure_link_up(ipr, require_link(ipr, BRIDGE), plan.mtu, changes)
     return int(require_link(ipr, BRIDGE)["index"])
 
 
@@ -216,7 +211,7 @@ def _ensure_node_port(ipr: Any, plan: TopologyPlan, node: NodePlan, bridge: int,
         with netlink_op(f"set {node.port} master {BRIDGE}"):
             ipr.link("set", index=port["index"], master=bridge)
         changes.added.append(f"link {node.port} master {BRIDGE}")
-    _ensure_up(ipr, node.port, plan.mtu, changes)
+    ensure_link_up(ipr, require_link(ipr, node.port), plan.mtu, changes)
 
 
 def _ensure_node_eth0(ipr: Any, plan: TopologyPlan, node: NodePlan, changes: Changes) -> None:
@@ -226,4 +221,4 @@ def _ensure_node_eth0(ipr: Any, plan: TopologyPlan, node: NodePlan, changes: Cha
             ipr.link("set", index=eth0["index"], address=node.mac)
         changes.added.append(f"link {NODE_DEVICE} address {node.mac} netns {node.netns}")
     _ensure_address(ipr, NODE_DEVICE, node.ip, plan.subnet.prefixlen, changes)
-    _ensure_up(ipr, NODE_DEVICE, plan.mtu, changes)
+    ensure_link_up(ipr, require_link(ipr, NODE_DEVICE), plan.mtu, changes)
