@@ -61,6 +61,12 @@ class AgentOptions:
     state_dir: Path = DEFAULT_STATE_DIR
 
 
+def _routing_of(desired: DesiredDatapath) -> tuple[object, ...]:
+    """The parts of a plan that links and routes follow (SAs and WireGuard peers are the engines')."""
+    return (desired.mode, desired.vxlan_peers, desired.remotes, desired.blocked, desired.node_peers,
+            desired.blocked_nodes)
+
+
 class Agent:
     """One node's control loop; `run` returns once `stop` is set and everything it started is stopped."""
 
@@ -198,11 +204,14 @@ class Agent:
                            current_key_id=self.keyring.current_id, node_encryption=self.node_encryption)
             # Most store events (other nodes' status, health) change nothing here: the kernel is read
             # and written only when the plan changed, and at least every RESYNC_SECONDS to undo drift.
-            if desired != self._applied or time.monotonic() - self._applied_at >= RESYNC_SECONDS:
-                self._applied = None
+            resync = time.monotonic() - self._applied_at >= RESYNC_SECONDS
+            if desired != self._applied or resync:
+                previous, self._applied = (None if resync else self._applied), None
                 self._ensure_strict_guard()
-                self._apply(desired)
-                self._applied, self._applied_at = desired, time.monotonic()
+                self._apply(desired, previous)
+                self._applied = desired
+                if previous is None:
+                    self._applied_at = time.monotonic()
             self._publish(registration)
         except Exception as exc:
             log.exception("apply failed")
@@ -214,11 +223,18 @@ class Agent:
         self.phase = "ready"
         self.last_apply = time.time()
 
-    def _apply(self, desired: DesiredDatapath) -> None:
+    def _apply(self, desired: DesiredDatapath, previous: DesiredDatapath | None) -> None:
+        """Make the kernel and engine match `desired`; links and routes only if they differ from `previous`.
+
+        A rotation changes SAs alone, node by node: the netlink passes are most of an agent's work then.
+        """
         assert self.router is not None and self.pod_cidr is not None
-        # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
-        table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
-        reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
+        same_routes = previous is not None and _routing_of(previous) == _routing_of(desired)
+        if not same_routes:
+            # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
+            table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
+            reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers,
+                                  table=table)
         tun = None
         if desired.engine is not None and self._engine is not None:
             # SAs first, routes second: a route into the engine never meets a missing SA.
@@ -231,6 +247,8 @@ class Agent:
                 for p in desired.wireguard_peers
             ])
             tun = WG_IFNAME
+        if same_routes:
+            return
         if tun is not None:
             remove_overlay_routing(self.ipr)
             reconcile_engine_routing(
