@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 HEALTH_PORT = 4240
@@ -128,6 +129,9 @@ class PeerHealth:
         }
 
 
+PROBE_WORKERS = 16
+
+
 class HealthProber:
     """Probes every peer's health endpoint on a fixed interval, or at once when asked."""
 
@@ -161,13 +165,17 @@ class HealthProber:
         return sorted(self._results.values(), key=lambda result: result.node)
 
     def probe_all(self) -> None:
+        peers = dict(self._peers())
+        # Side by side: a silent peer costs both timeouts, and a few dozen of them in a row made one
+        # round outlast a 40-node lab's start-up.
+        with ThreadPoolExecutor(max_workers=max(1, min(PROBE_WORKERS, len(peers)))) as pool:
+            results = list(pool.map(lambda peer: self._probe(*peer), peers.items()))
         # A new dict, swapped in whole, so `results()` from another thread never sees it half-built.
-        self._results = {
-            node: PeerHealth(
-                node, address, probe_http(address), probe_icmp(address, source=self._source), time.time()
-            )
-            for node, address in dict(self._peers()).items()
-        }
+        self._results = {result.node: result for result in results}
+
+    def _probe(self, node: str, address: str) -> PeerHealth:
+        http_rtt = probe_http(address)
+        return PeerHealth(node, address, http_rtt, probe_icmp(address, source=self._source), time.time())
 
     def _settled(self) -> bool:
         """Every current peer was probed at its current address and answered."""
