@@ -32,6 +32,10 @@ def test_nodes_reach_each_other_over_the_underlay_bridge(lab: TopologyPlan) -> N
     assert [(a["local"], a["prefixlen"]) for a in eth0["addr_info"]] == [(str(node1.ip), 24)]
     ports = ip_json(lab.underlay_netns, "link", "show", "master", "br0")
     assert sorted(p["ifname"] for p in ports) == ["node-1", "node-2"]
+    # Static ARP between nodes: the host-wide ARP table's limit would otherwise cap a lab near 30 nodes.
+    for node, other in ((node1, node2), (node2, node1)):
+        neighbours = ip_json(node.netns, "neigh", "show", "dev", "eth0", "nud", "permanent")
+        assert [(n["dst"], n["lladdr"]) for n in neighbours] == [(str(other.ip), other.mac)]
     netns.run(node1.netns, ["ping", "-c", "1", "-W", "2", str(node2.ip)])
     netns.run(node2.netns, ["ping", "-c", "1", "-W", "2", str(lab.gateway)])
     assert read_sysctl(node1.netns, "net.ipv4.ip_forward") == "1"
@@ -54,6 +58,8 @@ def test_build_is_idempotent_and_repairs_half_a_veth_pair(lab: TopologyPlan) -> 
     netns.run(lab.nodes[0].netns, ["ip", "addr", "add", "192.0.2.99/24", "dev", "eth0"])
     changes = build(lab)
     assert "link node-2 type veth peer eth0 netns " + node2.netns in changes.added
+    assert (f"neighbour {lab.nodes[0].ip} lladdr {lab.nodes[0].mac} dev eth0 permanent netns {node2.netns}"
+            in changes.added)
     assert "address 192.0.2.99/24 dev eth0" in changes.removed
     assert not build(lab)
     netns.run(lab.nodes[0].netns, ["ping", "-c", "1", "-W", "2", str(node2.ip)])

@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 from ciphermesh.datapath.changes import Changes
 from ciphermesh.datapath.mtu import ETHERNET_MTU
 from ciphermesh.datapath.rtnl import (
+    NUD_PERMANENT,
     ensure_link_up,
     get_link,
     ipv4_addresses,
@@ -136,6 +137,7 @@ def build(plan: TopologyPlan) -> Changes:
         with netns.iproute(node.netns) as ipr:
             ensure_link_up(ipr, require_link(ipr, "lo"), None, changes)
             _ensure_node_eth0(ipr, plan, node, changes)
+            _ensure_node_neighbours(ipr, plan, node, changes)
     return changes
 
 
@@ -212,6 +214,29 @@ def _ensure_node_port(ipr: Any, plan: TopologyPlan, node: NodePlan, bridge: int,
             ipr.link("set", index=port["index"], master=bridge)
         changes.added.append(f"link {node.port} master {BRIDGE}")
     ensure_link_up(ipr, require_link(ipr, node.port), plan.mtu, changes)
+
+
+def _ensure_node_neighbours(ipr: Any, plan: TopologyPlan, node: NodePlan, changes: Changes) -> None:
+    """Every other node's MAC as a permanent neighbour on eth0, as static ARP.
+
+    The kernel's ARP table is one for all namespaces, and its garbage-collection limit (gc_thresh3,
+    1024, host-wide and not ours to raise) counts every dynamic entry of every lab node: 40 nodes
+    resolving each other overflowed it ("neighbor table overflow", sends fail with ENOBUFS).
+    Permanent entries do not count.
+    """
+    index = require_link(ipr, NODE_DEVICE)["index"]
+    current = {
+        entry.get_attr("NDA_DST"): entry.get_attr("NDA_LLADDR")
+        for entry in ipr.neigh("dump", ifindex=index, family=2)
+        if entry["state"] & NUD_PERMANENT
+    }
+    for other in plan.nodes:
+        if other is node or current.get(str(other.ip)) == other.mac:
+            continue
+        what = f"neighbour {other.ip} lladdr {other.mac} dev {NODE_DEVICE} permanent netns {node.netns}"
+        with netlink_op(f"add {what}"):
+            ipr.neigh("replace", dst=str(other.ip), lladdr=other.mac, ifindex=index, state=NUD_PERMANENT)
+        changes.added.append(what)
 
 
 def _ensure_node_eth0(ipr: Any, plan: TopologyPlan, node: NodePlan, changes: Changes) -> None:
