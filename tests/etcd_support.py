@@ -83,6 +83,11 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                # A connection accepted while `cut` ran must not outlive it (it once carried a watch on).
+                if not self._open.is_set():
+                    client.close()
+                    upstream.close()
+                    continue
                 self._sockets.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -96,8 +101,8 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        self._open.clear()
         with self._lock:
+            self._open.clear()
             sockets, self._sockets = self._sockets, set()
         for s in sockets:
             with contextlib.suppress(OSError):
