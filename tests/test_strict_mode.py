@@ -35,12 +35,12 @@ from ciphermesh.datapath.strict_mode import (
     remove_guard,
     render_ruleset,
 )
+from ciphermesh.inet import internet_checksum
 from ciphermesh.lab import netns
 from ciphermesh.lab.plaintext_probe import (
     PlaintextProbeError,
     echo_request,
     inject_plaintext,
-    internet_checksum,
     send_ipv4,
 )
 

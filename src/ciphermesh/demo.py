@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import struct
 import sys
 import time
 import uuid
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from ciphermesh import inet
 from ciphermesh.cli.encryption import describe
 from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.packet import wrap_ipv4
@@ -36,11 +36,7 @@ PCAP_NAME = "esp-demo.pcap"
 SA_FILE_NAME = "esp_sa.txt"
 MAX_PINGS = 1000
 INNER_FIELDS = ("icmp.type", "icmp.seq")
-_ICMP_ECHO_REQUEST = 8
-_ICMP_ECHO_REPLY = 0
 _ICMP_ID = 0x4D43
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_ICMP_HEADER = struct.Struct("!BBHHH")
 
 
 @dataclass(frozen=True)
@@ -91,12 +87,9 @@ def verify_capture(pcap: Path, sa_entries: Sequence[str], expected_frames: int) 
 
 def icmp_echo(src: IPv4Address, dst: IPv4Address, seq: int, *, reply: bool, payload: bytes) -> bytes:
     """An IPv4 ICMP echo request or reply with valid checksums."""
-    icmp_type = _ICMP_ECHO_REPLY if reply else _ICMP_ECHO_REQUEST
-    icmp = _ICMP_HEADER.pack(icmp_type, 0, 0, _ICMP_ID, seq) + payload
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
-    header = _IPV4_HEADER.pack(0x45, 0, 20 + len(icmp), seq, 0x4000, 64, 1, 0, src.packed, dst.packed)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    return header + icmp
+    return inet.icmp_echo(
+        src, dst, payload, ident=_ICMP_ID, seq=seq, ip_id=seq, reply=reply, dont_fragment=True
+    )
 
 
 def tunnel_keys(line: KeyLine, a: Node, b: Node) -> tuple[KeyLine, KeyLine]:
@@ -188,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         addresses = frame.fields.get("ip.src", ()), frame.fields.get("ip.dst", ())
         outer = f"{_nth(addresses[0], 0)} -> {_nth(addresses[1], 0)}"
         inner = f"{_nth(addresses[0], 1)} -> {_nth(addresses[1], 1)}"
-        kind = {str(_ICMP_ECHO_REQUEST): "echo request", str(_ICMP_ECHO_REPLY): "echo reply"}.get(
+        kind = {str(inet.ICMP_ECHO_REQUEST): "echo request", str(inet.ICMP_ECHO_REPLY): "echo reply"}.get(
             frame.first("icmp.type") or "", "?"
         )
         print(
@@ -258,15 +251,6 @@ def _nth(values: tuple[str, ...], index: int) -> str:
 def _fail(message: str) -> int:
     print(f"FAILED: {message}", file=sys.stderr)
     return 1
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 if __name__ == "__main__":

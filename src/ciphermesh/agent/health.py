@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ciphermesh.inet import internet_checksum
+
 HEALTH_PORT = 4240
 PROBE_INTERVAL = 15.0
 
@@ -65,22 +67,13 @@ def probe_http(address: str, port: int = HEALTH_PORT, timeout: float = 2.0) -> f
     return time.monotonic() - start if ok else None
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def probe_icmp(address: str, timeout: float = 2.0, source: str | None = None) -> float | None:
     """Round trip of one ICMP echo in seconds, or None without a reply."""
     ident = os.getpid() & 0xFFFF
     seq = int(time.monotonic() * 1000) & 0xFFFF
     payload = b"ciphermesh-health"
     header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    packet = struct.pack("!BBHHH", 8, 0, internet_checksum(header + payload), ident, seq) + payload
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         if source:
             sock.bind((source, 0))

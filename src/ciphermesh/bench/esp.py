@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.sa import Decapsulated, InboundSA, OutboundSA
+from ciphermesh.inet import IPV4_HEADER, with_checksum
 from ciphermesh.keys import AeadKey, AuthEncKey, KeyMaterial, generate_line
 
 DEFAULT_SIZES: tuple[int, ...] = (64, 1400, 8000)
@@ -27,7 +28,6 @@ _SPI = 3
 _POOL = 1024  # packets decapsulated per fresh inbound SA: each is accepted once, then it is a replay
 _CALIBRATION_NS = 20_000_000
 _ESP_HEADER = struct.Struct("!II")
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _HMAC_ICV_LEN = {"sha1": 12, "sha256": 16, "sha512": 32}
 
 Clock = Callable[[], int]
@@ -119,11 +119,10 @@ def ipv4_packet(size: int) -> bytes:
     """A valid IPv4 packet of exactly `size` bytes, 10.0.1.5 -> 10.0.2.7, protocol 253 (experimental)."""
     if not 20 <= size <= 0xFFFF:
         raise ValueError(f"an IPv4 packet is 20..65535 bytes, not {size}")
-    header = _IPV4_HEADER.pack(
+    header = IPV4_HEADER.pack(
         0x45, 0, size, 0, 0x4000, 64, 253, 0, bytes((10, 0, 1, 5)), bytes((10, 0, 2, 7))
     )
-    checksum = _checksum(header)
-    return header[:10] + struct.pack("!H", checksum) + header[12:] + bytes(size - 20)
+    return with_checksum(header, 10) + bytes(size - 20)
 
 
 def _measure(workloads: dict[str, Workload], batch_seconds: float, repeats: int) -> dict[str, float]:
@@ -253,10 +252,3 @@ def _reference_name(material: KeyMaterial) -> str:
         return f"AESGCM (AES-{(len(material.key) - 4) * 8})"
     hash_name = material.auth_algo.removeprefix("hmac(").removesuffix(")").upper()
     return f"AES-{len(material.enc_key) * 8}-CBC + HMAC-{hash_name}"
-
-
-def _checksum(header: bytes) -> int:
-    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF

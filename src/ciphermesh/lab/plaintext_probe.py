@@ -9,50 +9,26 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from ipaddress import IPv4Address
 
+from ciphermesh.inet import IPV4_HEADER, icmp_echo
 from ciphermesh.lab import netns
-
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_ICMP_ECHO = struct.Struct("!BBHHH")
-_ICMP_ECHO_REQUEST = 8
-_PROTO_ICMP = 1
-_TTL = 64
-MAX_DATAGRAM = 65535
 
 
 class PlaintextProbeError(RuntimeError):
     """The packet could not be handed to the kernel (other than a netfilter drop)."""
 
 
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def echo_request(
     src: IPv4Address, dst: IPv4Address, payload: bytes, *, ident: int = 0x434D, sequence: int = 1
 ) -> bytes:
     """An IPv4 ICMP echo request datagram, both checksums filled in; `ident` is also the IP ID."""
-    if len(payload) > MAX_DATAGRAM - _IPV4_HEADER.size - _ICMP_ECHO.size:
-        raise ValueError(f"ICMP payload of {len(payload)} bytes does not fit in one IPv4 datagram")
-    icmp = _ICMP_ECHO.pack(_ICMP_ECHO_REQUEST, 0, 0, ident, sequence) + payload
-    icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
-    total = _IPV4_HEADER.size + len(icmp)
-    header = _IPV4_HEADER.pack(0x45, 0, total, ident, 0, _TTL, _PROTO_ICMP, 0, src.packed, dst.packed)
-    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
-    return header + icmp
+    return icmp_echo(src, dst, payload, ident=ident, seq=sequence, ip_id=ident)
 
 
 def send_ipv4(netns_name: str, datagram: bytes, *, device: str) -> None:
     """Send a whole IPv4 datagram out `device` from inside the namespace; a netfilter drop counts as sent."""
-    if len(datagram) < _IPV4_HEADER.size or datagram[0] >> 4 != 4:
+    if len(datagram) < IPV4_HEADER.size or datagram[0] >> 4 != 4:
         raise ValueError("not an IPv4 datagram: it needs a version-4 header of at least 20 bytes")
     dst = str(IPv4Address(datagram[16:20]))
     place = f"{device} in {netns_name}"
