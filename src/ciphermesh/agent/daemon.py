@@ -23,11 +23,7 @@ from ciphermesh.config import Values
 from ciphermesh.datapath.errors import DatapathError
 from ciphermesh.datapath.ipsec_engine import IPsecEngine
 from ciphermesh.datapath.mtu import Mtus, plan_mtus
-from ciphermesh.datapath.node_links import (
-    NodeLinks,
-    ensure_node_links,
-    router_ip,
-)
+from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
 from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node_routing
 from ciphermesh.datapath.overlay_routing import reconcile_overlay_routing, remove_overlay_routing
 from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
@@ -206,7 +202,8 @@ class Agent:
             # and written only when the plan changed, and at least every RESYNC_SECONDS to undo drift.
             resync = time.monotonic() - self._applied_at >= RESYNC_SECONDS
             if desired != self._applied or resync:
-                previous, self._applied = (None if resync else self._applied), None
+                previous = None if resync else self._applied
+                self._applied = None  # until this pass succeeds, nothing is known to be applied
                 self._ensure_strict_guard()
                 self._apply(desired, previous)
                 self._applied = desired
@@ -229,12 +226,6 @@ class Agent:
         A rotation changes SAs alone, node by node: the netlink passes are most of an agent's work then.
         """
         assert self.router is not None and self.pod_cidr is not None
-        same_routes = previous is not None and _routing_of(previous) == _routing_of(desired)
-        if not same_routes:
-            # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
-            table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
-            reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers,
-                                  table=table)
         tun = None
         if desired.engine is not None and self._engine is not None:
             # SAs first, routes second: a route into the engine never meets a missing SA.
@@ -247,8 +238,11 @@ class Agent:
                 for p in desired.wireguard_peers
             ])
             tun = WG_IFNAME
-        if same_routes:
+        if previous is not None and _routing_of(previous) == _routing_of(desired):
             return
+        # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
+        table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
+        reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
         if tun is not None:
             remove_overlay_routing(self.ipr)
             reconcile_engine_routing(

@@ -18,15 +18,15 @@ class UnsupportedModeError(ValueError):
 
 def agent_mode(values: Values) -> Mode:
     """The datapath mode the settings ask for; UnsupportedModeError for settings it cannot carry out."""
+    strict = strict_cidr(values)
     if not values.flag("encryption.enabled"):
-        if strict_cidr(values) is not None:
+        if strict is not None:
             # Cilium would run it and drop every packet between nodes' pods; say so instead.
             raise UnsupportedModeError(
                 "encryption.strictMode.enabled=true with encryption disabled would drop all pod traffic "
                 "between nodes: set encryption.enabled=true or turn strict mode off"
             )
         return "disabled"
-    strict_cidr(values)
     kind = values.text("encryption.type")
     if kind == "ipsec":
         return "ipsec"

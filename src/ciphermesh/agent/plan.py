@@ -107,21 +107,22 @@ def plan(
         opted_out = peer.encryption.get("nodeEncryption") is False
         host_too = mode != "disabled" and node_encryption and not opted_out
         peer_mode = peer.encryption.get("mode")
+        usable = True
         if peer_mode is not None and peer_mode != mode:
             waiting.append(f"{peer.name}: runs encryption mode {peer_mode}, this node {mode}; "
                            "traffic to its pods is dropped (restart the lab with one encryption.type)")
-            blocked.extend(cidrs)
-            blocked_nodes.extend([node_ip] if host_too else [])
-            continue
-        if mode == "wireguard":
+            usable = False
+        elif mode == "wireguard":
             wg_peer = _wireguard_peer(peer, node_ip, cidrs, taken, waiting)
-            if wg_peer is None:
-                blocked.extend(cidrs)
-                blocked_nodes.extend([node_ip] if host_too else [])
-                continue
-            wireguard_peers.append(wg_peer)
+            usable = wg_peer is not None
+            if wg_peer is not None:
+                wireguard_peers.append(wg_peer)
+        if host_too:
+            (node_peers if usable else blocked_nodes).append(node_ip)
+        if not usable:
+            blocked.extend(cidrs)
+            continue
         remotes.append(RemoteNode(router_ip, cidrs))
-        node_peers.extend([node_ip] if host_too else [])
         if mode != "ipsec":
             continue
         prefixes = (*cidrs, IPv4Network(node_ip)) if host_too else cidrs

@@ -279,9 +279,10 @@ def _node_expectation(plan: CheckPlan, node_tasks: list[_Task]) -> Expectation:
         return NodeEncryptionExpectation()
     # Without node encryption only what leaves from or for a node address goes in clear; a node to a
     # remote pod still goes through the engine, from its router IP.
-    in_clear = tuple(t.label for t in node_tasks if plan.mode == "disabled" or t.dst.host is not False)
-    encrypted = tuple(t.label for t in node_tasks if t.label not in in_clear)
-    return NodeSanityExpectation(in_clear, encrypted)
+    in_clear = {t.label for t in node_tasks if t.dst.host or plan.mode == "disabled"}
+    labels = [t.label for t in node_tasks]
+    return NodeSanityExpectation(tuple(label for label in labels if label in in_clear),
+                                 tuple(label for label in labels if label not in in_clear))
 
 
 def _probe(task: _Task, timeout: float) -> ProbeRecord:
