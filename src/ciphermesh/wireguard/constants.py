@@ -31,6 +31,12 @@ COOKIE_REFRESH_TIME = 120.0
 HANDSHAKE_INITIATION_RATE = 1.0 / 50
 UNDER_LOAD_AFTER_TIME = 1.0
 STAGED_PACKETS_MAX = 128
+# A transport message's nonce: 32 zero bits, then its 64-bit counter (whitepaper 5.4.6).
+NONCE_PREFIX = bytes(4)
+DEFAULT_MTU = 1420
+# wireguard-go declares itself under load when 1/8 of its 1024-slot handshake queue is full; we process
+# handshakes inline, so the equivalent signal is that many handshake messages within one second.
+DEFAULT_HANDSHAKE_LOAD_THRESHOLD = 128
 
 
 @dataclass(frozen=True, slots=True)
