@@ -10,8 +10,8 @@ from typing import Any
 
 from ciphermesh.esp import AesGcmCipher, CbcHmacCipher, EspCipher, InboundSA, OutboundSA
 
-# The shared folder sits beside the repository, here and in CI.
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+# Vectors and captures live in the repository, with their sources in tests/testdata/README.md.
+TESTDATA = Path(__file__).resolve().parent / "testdata"
 
 
 def load(name: str) -> Any:

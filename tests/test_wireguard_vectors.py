@@ -1,4 +1,4 @@
-"""Known-answer tests: the shared WireGuard and Noise vectors, XChaCha20-Poly1305, TAI64N."""
+"""Known-answer tests: the WireGuard and Noise vectors of tests/testdata, XChaCha20-Poly1305, TAI64N."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from ciphermesh.wireguard.replay import WINDOW_SIZE, ReplayFilter
 from ciphermesh.wireguard.tai64n import after, stamp
 from ciphermesh.wireguard.xchacha import hchacha20, xchacha20poly1305_decrypt, xchacha20poly1305_encrypt
 
-# The shared folder sits beside the checkout (as /work/shared does here and as CI lays it out).
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+# The vectors live in the repository, with their sources in tests/testdata/README.md.
+TESTDATA = Path(__file__).resolve().parent / "testdata"
 WG = json.loads((TESTDATA / "wireguard_vectors.json").read_text())
 NOISE = json.loads((TESTDATA / "noise_IK_IKpsk2_25519_ChaChaPoly_BLAKE2s.json").read_text())
 H = bytes.fromhex
