@@ -6,10 +6,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
 from ciphermesh.agent.plan import Mode
-from ciphermesh.config import Values
+from ciphermesh.config import POOL_KEY, Values
 from ciphermesh.datapath.node_links import CILIUM_VXLAN, UNDERLAY_DEVICE
 from ciphermesh.datapath.strict_mode import StrictGuard
-from ciphermesh.operator.ipam import POOL_KEY
 
 
 class UnsupportedModeError(ValueError):

@@ -32,6 +32,10 @@ class Setting:
     allow_empty: bool = False
 
 
+# The IPAM pool's two settings, read by name in the agent, the operator and the lab.
+POOL_KEY = "ipam.operator.clusterPoolIPv4PodCIDRList"
+MASK_KEY = "ipam.operator.clusterPoolIPv4MaskSize"
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("encryption.enabled", Kind.BOOL, False, "Encrypt traffic between nodes."),
     Setting(
@@ -104,13 +108,13 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("cluster-pool",),
     ),
     Setting(
-        "ipam.operator.clusterPoolIPv4PodCIDRList",
+        POOL_KEY,
         Kind.CIDR_LIST,
         ("10.0.0.0/8",),
         "Pools the operator carves node pod CIDRs from, used in order.",
     ),
     Setting(
-        "ipam.operator.clusterPoolIPv4MaskSize",
+        MASK_KEY,
         Kind.INT,
         24,
         "Prefix length of each node's pod CIDR.",
