@@ -11,8 +11,8 @@ import pytest
 
 from ciphermesh import demo
 from ciphermesh.cli.main import main as cli_main
-from ciphermesh.esp.pcap import build_pcap, parse_pcap
 from ciphermesh.keys import KeyLine
+from ciphermesh.pcap import build_pcap, parse_pcap
 from ciphermesh.tshark import tshark_path
 
 pytestmark = [

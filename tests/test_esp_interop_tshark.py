@@ -11,8 +11,8 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
 from scapy.packet import Packet
 
 from ciphermesh.esp.packet import wrap_ipv4, wrap_ipv6
-from ciphermesh.esp.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, build_pcap, ethernet_frame
 from ciphermesh.keys import derive_tunnel_key, esp_sa_entry, parse_line
+from ciphermesh.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, build_pcap, ethernet_frame
 from ciphermesh.tshark import EspFrame, TsharkError, decrypt_esp, tshark_path
 from esp_interop_support import (
     BOOT_A,

@@ -17,13 +17,13 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ciphermesh.esp.pcap import parse_pcap, strip_ethernet
 from ciphermesh.keys import AeadKey
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import agent_pid, agent_status, connect, start_agent
 from ciphermesh.lab.inspect import TunnelSA, security_associations
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.rotation_progress import follow_rotation
+from ciphermesh.pcap import parse_pcap, strip_ethernet
 from rotation_support import ping_mesh, rotation_lab, underlay_tap, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

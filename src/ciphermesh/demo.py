@@ -20,7 +20,6 @@ from ciphermesh import inet
 from ciphermesh.cli.encryption import describe
 from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.packet import wrap_ipv4
-from ciphermesh.esp.pcap import build_pcap
 from ciphermesh.esp.sa import OutboundSA
 from ciphermesh.keys import (
     KeyLine,
@@ -30,6 +29,7 @@ from ciphermesh.keys import (
     generate_line,
     parse_secret,
 )
+from ciphermesh.pcap import build_pcap
 from ciphermesh.tshark import EspFrame, TsharkError, decrypt_esp
 
 PCAP_NAME = "esp-demo.pcap"

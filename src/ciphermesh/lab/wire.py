@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ciphermesh.esp.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, parse_pcap, strip_ethernet
+from ciphermesh.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, parse_pcap, strip_ethernet
 
 VXLAN_PORT = 8472
 WIREGUARD_PORT = 51871

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ciphermesh.esp.pcap import (
+from ciphermesh.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     PcapError,
