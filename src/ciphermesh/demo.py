@@ -17,7 +17,6 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from ciphermesh import inet
-from ciphermesh.cli.encryption import describe
 from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.packet import wrap_ipv4
 from ciphermesh.esp.sa import OutboundSA
@@ -25,6 +24,7 @@ from ciphermesh.keys import (
     KeyLine,
     KeyLineError,
     derive_tunnel_key,
+    describe_line,
     esp_sa_entry,
     generate_line,
     parse_secret,
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("1. Key line (as in the cilium-ipsec-keys secret)")
     print(f"   {line.format()}")
-    print(f"   valid: {describe(line)}")
+    print(f"   valid: {describe_line(line)}")
     print("2. Nodes (outer addresses are the router IPs, as on cilium_host)")
     for node in (a, b):
         print(f"   {node.name}  router {node.router_ip}  pod {node.pod_ip}  boot ID {node.boot_id}")

@@ -11,16 +11,15 @@ from ciphermesh.cli.key_secret import register_key_secret
 from ciphermesh.cli.status import register_encryption
 from ciphermesh.keys import (
     ALGO_CHOICES,
-    AeadKey,
     KeyLine,
     KeyLineError,
     derive_tunnel_key,
+    describe_line,
     esp_sa_entry,
     generate_line,
     parse_line,
     parse_secret,
 )
-from ciphermesh.keys.algorithms import AEAD_ALGORITHMS, AUTH_ALGORITHMS
 
 LINE_HELP = "a key line as in the secret, or - to read the secret from stdin (keeps it out of ps)"
 
@@ -77,7 +76,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     line = _read_line(args.line)
-    print(f"valid: {describe(line)}")
+    print(f"valid: {describe_line(line)}")
     return 0
 
 
@@ -92,19 +91,6 @@ def _derive(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(output)
     return 0
-
-
-def describe(line: KeyLine) -> str:
-    """A one-line summary without key material, e.g. `key ID 3, rfc4106(gcm(aes)) AES-128, ICV 128 bits`."""
-    m = line.material
-    if isinstance(m, AeadKey):
-        aes_bits = (len(m.key) - AEAD_ALGORITHMS[m.algo].salt_len) * 8
-        return f"key ID {line.key_id}, {m.algo} AES-{aes_bits}, ICV {m.icv_bits} bits"
-    icv_bits = AUTH_ALGORITHMS[m.auth_algo].icv_bits
-    return (
-        f"key ID {line.key_id}, {m.auth_algo} ({len(m.auth_key)}-byte key) with {m.enc_algo} "
-        f"AES-{len(m.enc_key) * 8}, ICV {icv_bits} bits"
-    )
 
 
 def _read_line(text: str) -> KeyLine:

@@ -13,6 +13,7 @@ from ciphermesh.keys.line import (
 )
 from ciphermesh.keys.rotation import KeyRotationError, check_successor, older_key_id
 from ciphermesh.keys.secret_bytes import SecretBytes
+from ciphermesh.keys.summary import describe_line
 from ciphermesh.keys.wireshark import esp_sa_entry
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "canonical_ip",
     "check_successor",
     "derive_tunnel_key",
+    "describe_line",
     "esp_sa_entry",
     "generate_line",
     "next_key_id",
