@@ -11,7 +11,6 @@ import pytest
 from ciphermesh.store.errors import RecordError
 from ciphermesh.store.model import (
     WG_PUB_KEY_ANNOTATION,
-    IPAMAllocation,
     KeySecret,
     Node,
     OperatorRecord,
@@ -96,15 +95,6 @@ def test_ipam_error_is_replaced_not_accumulated() -> None:
     assert cleared.errors == ("agent: something else",) and cleared.ipam_error is None
     with pytest.raises(RecordError, match="must start with 'IPAM: '"):
         node.with_ipam_error("pool exhausted")
-
-
-def test_allocation_round_trip_and_validation() -> None:
-    allocation = IPAMAllocation("10.0.3.0/24", "node-3", "10.0.0.0/16")
-    assert IPAMAllocation.from_json(allocation.to_json()) == allocation
-    with pytest.raises(RecordError, match=r"allocation cidr '10\.0\.3\.1/24' has host bits set"):
-        IPAMAllocation("10.0.3.1/24", "node-3")
-    with pytest.raises(RecordError, match="needs cidr and node"):
-        IPAMAllocation.from_json('{"cidr": "10.0.0.0/24"}')
 
 
 def test_key_secret_keeps_text_verbatim_and_out_of_repr() -> None:
