@@ -105,6 +105,9 @@ def test_key_secret_keeps_text_verbatim_and_out_of_repr() -> None:
     assert "0123456789abcdef" not in repr(secret) and "0123456789abcdef" not in str(secret)
     with pytest.raises(RecordError, match="empty keys field"):
         KeySecret("  \n")
+    assert KeySecret.from_bytes(text.encode(), name="k", namespace="ns") == KeySecret(text, "k", "ns")
+    with pytest.raises(RecordError, match=r"^secret ns/k is not UTF-8 text$"):
+        KeySecret.from_bytes(b"\xff\xfe", name="k", namespace="ns")
 
 
 def test_operator_record_round_trip() -> None:

@@ -238,6 +238,15 @@ class KeySecret:
         if not isinstance(self.keys, str) or not self.keys.strip():
             raise RecordError(f"secret {self.namespace}/{self.name} has an empty keys field")
 
+    @classmethod
+    def from_bytes(cls, data: bytes, *, name: str, namespace: str) -> KeySecret:
+        """The secret as a backend holds it (etcd's value, a Secret's `data.keys`), which must be text."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise RecordError(f"secret {namespace}/{name} is not UTF-8 text") from None
+        return cls(keys=text, name=name, namespace=namespace)
+
 
 @dataclass(frozen=True)
 class OperatorRecord:

@@ -13,6 +13,7 @@ A revision is a key's `mod_revision` as decimal text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -81,14 +82,7 @@ def compare(key: bytes, expect: Precondition) -> list[Compare]:
 
 
 def secret_parser(name: str, namespace: str) -> Callable[[bytes], KeySecret]:
-    def parse(value: bytes) -> KeySecret:
-        try:
-            text = value.decode()
-        except UnicodeDecodeError:
-            raise RecordError(f"secret {namespace}/{name} is not UTF-8 text") from None
-        return KeySecret(keys=text, name=name, namespace=namespace)
-
-    return parse
+    return functools.partial(KeySecret.from_bytes, name=name, namespace=namespace)
 
 
 def parse_kv(kv: KeyValue, parse: Callable[[bytes], T]) -> T | None:
