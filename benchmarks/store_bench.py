@@ -16,10 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ciphermesh.operator.controller import OperatorConfig, run_operator
+from ciphermesh.store.base import NodeRegistration
+from ciphermesh.store.etcd.backend import EtcdBackend
 from ciphermesh.store.etcd_client import EtcdClient, Put, mod_revision_is
 from ciphermesh.store.etcd_process import start_etcd, stop_etcd
-from ciphermesh.store.etcd_store import EtcdNodeRegistration, EtcdStore
 from ciphermesh.store.model import Node
+from ciphermesh.store.open import open_store
+from ciphermesh.store.store import Store
 
 
 def _latencies_ms(op: Callable[[int], object], count: int) -> dict[str, float]:
@@ -44,7 +47,7 @@ def _watch_delay_ms(client: EtcdClient, count: int) -> dict[str, float]:
     return {"median": round(statistics.median(samples), 3), "max": round(max(samples), 3)}
 
 
-def _lease_expiry_s(store: EtcdStore) -> float:
+def _lease_expiry_s(store: Store) -> float:
     with store.watch_nodes() as events:
         while (event := events.get(timeout=5)) is not None and event.kind != "synced":
             pass
@@ -58,13 +61,13 @@ def _lease_expiry_s(store: EtcdStore) -> float:
 
 def _ipam_seconds(url: str, nodes: int, operators: int, cluster: str) -> float:
     """Register `nodes` agents, start `operators` operators, time until every agent has its CIDR."""
-    with EtcdStore.connect(url, cluster) as store:
-        registrations: list[EtcdNodeRegistration] = [
+    with open_store(url, cluster) as store:
+        registrations: list[NodeRegistration] = [
             store.register_node(Node(f"node-{i}", f"192.168.{i // 250}.{i % 250 + 1}", f"b{i}"), ttl=10)
             for i in range(1, nodes + 1)
         ]
         stop = threading.Event()
-        stores = [EtcdStore.connect(url, cluster) for _ in range(operators)]
+        stores = [open_store(url, cluster) for _ in range(operators)]
         start = time.monotonic()
         threads = [
             threading.Thread(
@@ -101,7 +104,7 @@ def main() -> None:
         info = start_etcd(state)
         results: dict[str, object] = {"etcd_start_s": round(time.monotonic() - start, 2)}
         try:
-            with EtcdClient(info.client_url) as client, EtcdStore(client, "bench") as store:
+            with EtcdClient(info.client_url) as client, Store(EtcdBackend(client, "bench")) as store:
                 results["put_ms"] = _latencies_ms(lambda i: client.put(b"/bench/k", b"%d" % i), args.ops)
                 results["get_ms"] = _latencies_ms(lambda i: client.get(b"/bench/k"), args.ops)
                 kv = client.get(b"/bench/k")

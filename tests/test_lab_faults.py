@@ -227,7 +227,7 @@ def test_etcd_restart_agents_reconnect_and_follow_changes(ready_lab: Lab, tmp_pa
         assert secret is not None
         new_id = next_key_id(3)
         store.put_key_secret(generate_line(key_id=new_id).format(reveal=True), name=SECRET,
-                             expect_revision=secret.revision)
+                             expect=secret.revision)
 
     def followed() -> bool:
         nodes = cli_json("encryption", "status", "--lab", lab.name)["nodes"]

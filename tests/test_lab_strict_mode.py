@@ -20,6 +20,7 @@ from ciphermesh.lab.cluster import LabInfo, agent_status, connect, start_agent, 
 from ciphermesh.lab.plaintext_probe import inject_plaintext
 from ciphermesh.lab.pod_registry import PodRecord
 from ciphermesh.lab.processes import stop_daemon
+from ciphermesh.store.base import Expect
 from lab_harness import (
     READY_TIMEOUT,
     UnderlayCapture,
@@ -116,7 +117,7 @@ def test_peer_with_withheld_key_gets_nothing_in_clear_and_resumes_with_it(
         with connect(info) as store:
             secret = store.get_key_secret(name="cilium-ipsec-keys")
             assert secret is not None
-            store.put_key_secret(secret.value.keys, name=WITHHELD, expect_revision=0)
+            store.put_key_secret(secret.value.keys, name=WITHHELD, expect=Expect.ABSENT)
         took = eventually(lambda: ping(a, c.ip), 20.0, "node-1's pod reaches node-3's once the key is there")
         print(f"traffic resumed {took:.2f} s after the key was written")
         reach_all([a, b, c])

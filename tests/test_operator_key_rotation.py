@@ -12,23 +12,24 @@ from ciphermesh.keys import KeyLineError, KeyRotationError, generate_line, parse
 from ciphermesh.operator.key_rotation import AutoRotator
 from ciphermesh.operator.key_secret import NoKeySecretError, current_key, rotate_key, set_key
 from ciphermesh.store.etcd_process import start_etcd, stop_etcd
-from ciphermesh.store.etcd_store import EtcdStore
 from ciphermesh.store.model import Node
+from ciphermesh.store.open import open_store
+from ciphermesh.store.store import Store
 
 SECRET = "cilium-ipsec-keys"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EtcdStore]:
+def store(tmp_path: Path) -> Iterator[Store]:
     info = start_etcd(tmp_path)
     try:
-        with EtcdStore.connect(info.client_url, "test") as connected:
+        with open_store(info.client_url, "test") as connected:
             yield connected
     finally:
         stop_etcd(tmp_path)
 
 
-def test_set_rotate_show(store: EtcdStore) -> None:
+def test_set_rotate_show(store: Store) -> None:
     with pytest.raises(NoKeySecretError):
         current_key(store, SECRET)
     first = generate_line(key_id=15)
@@ -55,7 +56,7 @@ def test_set_rotate_show(store: EtcdStore) -> None:
         ("16+ rfc4106(gcm(aes)) " + "11" * 20 + " 128", KeyLineError),
     ],
 )
-def test_bad_lines_change_nothing(store: EtcdStore, line: str, error: type[Exception]) -> None:
+def test_bad_lines_change_nothing(store: Store, line: str, error: type[Exception]) -> None:
     good = generate_line(key_id=3)
     set_key(store, SECRET, good.format(reveal=True))
     before = current_key(store, SECRET)
@@ -65,7 +66,7 @@ def test_bad_lines_change_nothing(store: EtcdStore, line: str, error: type[Excep
     assert (after.text, after.revision) == (before.text, before.revision)
 
 
-def test_scheduled_rotation_waits_for_the_interval_and_every_node(store: EtcdStore) -> None:
+def test_scheduled_rotation_waits_for_the_interval_and_every_node(store: Store) -> None:
     now = [0.0]
     set_key(store, SECRET, generate_line(key_id=3).format(reveal=True))
     registration = store.register_node(Node("node-1", "172.18.0.2", "b" * 36, key_id=3, agent="ready"))
@@ -87,13 +88,13 @@ def test_scheduled_rotation_waits_for_the_interval_and_every_node(store: EtcdSto
         registration.close()
 
 
-def test_set_key_recovers_from_a_broken_secret(store: EtcdStore) -> None:
+def test_set_key_recovers_from_a_broken_secret(store: Store) -> None:
     set_key(store, SECRET, generate_line(key_id=3).format(reveal=True))
     registration = store.register_node(Node("node-1", "172.18.0.2", "b" * 36, key_id=3, agent="ready"))
     try:
         for broken in (b"", b"\xff\xfe", b"garbage"):
             # What `kubectl edit` can leave behind; the agents keep key 3 and say why.
-            store.client.put(store.secret_key(SECRET, "kube-system"), broken)
+            store.backend.client.put(store.backend.keys.secret(SECRET, "kube-system"), broken)  # type: ignore[attr-defined]
             with pytest.raises(KeyRotationError, match="in use by node-1"):
                 set_key(store, SECRET, generate_line(key_id=3).format(reveal=True))
             with pytest.raises(KeyRotationError, match="goes backwards from 3"):

@@ -71,7 +71,7 @@ def _problems(info: LabInfo) -> list[list[str]]:
 
 def _write_raw(info: LabInfo, raw: bytes) -> None:
     with connect(info) as store:
-        store.client.put(store.secret_key(SECRET, "kube-system"), raw)
+        store.backend.client.put(store.backend.keys.secret(SECRET, "kube-system"), raw)  # type: ignore[attr-defined]
 
 
 def test_bad_secrets_are_refused_and_traffic_flows(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ $CM encryption key set --lab "$LAB" "$((KEYID+1))+ ${ALGO} ${NEW_PSK} ${KEYSIZE}
 """
 
 
-def _revision(info: LabInfo) -> tuple[int, str]:
+def _revision(info: LabInfo) -> tuple[str, str]:
     with connect(info) as store:
         stored = store.get_key_secret(name=SECRET)
     assert stored is not None

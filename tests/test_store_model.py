@@ -11,7 +11,6 @@ import pytest
 from ciphermesh.store.errors import RecordError
 from ciphermesh.store.model import (
     WG_PUB_KEY_ANNOTATION,
-    IPAMAllocation,
     KeySecret,
     Node,
     OperatorRecord,
@@ -98,15 +97,6 @@ def test_ipam_error_is_replaced_not_accumulated() -> None:
         node.with_ipam_error("pool exhausted")
 
 
-def test_allocation_round_trip_and_validation() -> None:
-    allocation = IPAMAllocation("10.0.3.0/24", "node-3", "10.0.0.0/16")
-    assert IPAMAllocation.from_json(allocation.to_json()) == allocation
-    with pytest.raises(RecordError, match=r"allocation cidr '10\.0\.3\.1/24' has host bits set"):
-        IPAMAllocation("10.0.3.1/24", "node-3")
-    with pytest.raises(RecordError, match="needs cidr and node"):
-        IPAMAllocation.from_json('{"cidr": "10.0.0.0/24"}')
-
-
 def test_key_secret_keeps_text_verbatim_and_out_of_repr() -> None:
     text = "3+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n"
     secret = KeySecret(text)
@@ -115,6 +105,9 @@ def test_key_secret_keeps_text_verbatim_and_out_of_repr() -> None:
     assert "0123456789abcdef" not in repr(secret) and "0123456789abcdef" not in str(secret)
     with pytest.raises(RecordError, match="empty keys field"):
         KeySecret("  \n")
+    assert KeySecret.from_bytes(text.encode(), name="k", namespace="ns") == KeySecret(text, "k", "ns")
+    with pytest.raises(RecordError, match=r"^secret ns/k is not UTF-8 text$"):
+        KeySecret.from_bytes(b"\xff\xfe", name="k", namespace="ns")
 
 
 def test_operator_record_round_trip() -> None:

@@ -32,9 +32,10 @@ from ciphermesh.datapath.strict_mode import StrictGuard, apply_guard, read_drops
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
-from ciphermesh.store.base import NodeRegistration, Store
+from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
+from ciphermesh.store.store import Store
 from ciphermesh.wireguard.peer import PeerConfig
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ciphermesh.store.base import Store, StoreEvent
+from ciphermesh.store.base import StoreEvent
 from ciphermesh.store.model import KeySecret, Node
+from ciphermesh.store.store import Store
 from ciphermesh.store.stream import EventStream
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
 from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
 from ciphermesh.store.errors import StoreError
-from ciphermesh.store.etcd_store import EtcdStore
+from ciphermesh.store.open import open_store
+from ciphermesh.store.store import Store
 
 DEFAULT_CLUSTER = "default"
 
@@ -40,9 +41,9 @@ def _logging(level: str) -> None:
     )
 
 
-def _connect(args: argparse.Namespace) -> EtcdStore:
+def _connect(args: argparse.Namespace) -> Store:
     try:
-        return EtcdStore.connect(args.store, args.cluster)
+        return open_store(args.store, args.cluster)
     except StoreError as exc:
         raise CliError(f"store {args.store}: {exc}") from None
 
@@ -99,7 +100,7 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_auto_rotation(store: EtcdStore, values: Values, stop: threading.Event) -> threading.Thread | None:
+def _start_auto_rotation(store: Store, values: Values, stop: threading.Event) -> threading.Thread | None:
     interval = values.seconds("encryption.ipsec.autoRotateInterval")
     ipsec = values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec"
     if not ipsec or interval <= 0:

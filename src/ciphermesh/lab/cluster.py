@@ -23,8 +23,10 @@ from ciphermesh.lab.names import node_netns
 from ciphermesh.lab.processes import kill_netns_processes, read_pidfile, start_daemon, stop_daemon
 from ciphermesh.lab.state import LabPaths, write_private
 from ciphermesh.operator.ipam import MASK_KEY, POOL_KEY, ClusterPool, IPAMConfigError
+from ciphermesh.store.base import Expect
 from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
-from ciphermesh.store.etcd_store import EtcdStore
+from ciphermesh.store.open import open_store
+from ciphermesh.store.store import Store
 
 MAX_NODES = 64
 READY_TIMEOUT_BASE = 45.0
@@ -82,8 +84,8 @@ def load_lab(name: str) -> LabInfo:
     )
 
 
-def connect(info: LabInfo) -> EtcdStore:
-    return EtcdStore.connect(store_endpoint(info.paths), info.name)
+def connect(info: LabInfo) -> Store:
+    return open_store(store_endpoint(info.paths), info.name)
 
 
 def _daemon_argv(command: str, *args: str) -> list[str]:
@@ -142,12 +144,12 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     progress("starting etcd")
     etcd = start_etcd(paths.root)
     store_url = etcd.unix_url
-    with EtcdStore.connect(store_url, name) as store:
+    with open_store(store_url, name) as store:
         if values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec":
             secret_name = values.text("encryption.ipsec.secretName")
             if store.get_key_secret(name=secret_name) is None:
                 line = generate_line()
-                store.put_key_secret(line.format(reveal=True), name=secret_name, expect_revision=0)
+                store.put_key_secret(line.format(reveal=True), name=secret_name, expect=Expect.ABSENT)
                 progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
     subnet = topology.choose_subnet(topology.host_networks())
     plan = topology.plan_topology(name, nodes, subnet)

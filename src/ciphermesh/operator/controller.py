@@ -1,8 +1,10 @@
-"""The operator's IPAM loop: give every node a pod CIDR from the cluster pool, release the CIDRs of
-nodes that are gone, and write why into a node's record when it cannot have one.
+"""The operator's IPAM loop: give every node a pod CIDR from the cluster pool, in the node's own
+record, and write why into a node's record when it cannot have one.
 
-Level-triggered: each pass reads every node and allocation afresh and writes only with
-compare-and-swap, so several operators may run at once; a pass that lost a race runs again.
+Level-triggered: each pass reads every node afresh; the CIDRs in use are those the records hold, so a
+node that is gone has released its CIDR. Each write is a compare-and-swap on one node record, which
+keeps a node from getting two CIDRs; that no CIDR goes to two nodes needs one allocator at a time, so
+several operators may run but only the leader allocates (as Cilium's operator, by leader election).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import random
 import re
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from ciphermesh.operator.ipam import ClusterPool
-from ciphermesh.store.base import DEFAULT_NODE_TTL, Registration, Store, StoreError, StoreEvent, Versioned
-from ciphermesh.store.model import IPAMAllocation, Node, OperatorRecord
+from ciphermesh.store.base import DEFAULT_NODE_TTL, OperatorRegistration, StoreEvent, Versioned
+from ciphermesh.store.errors import StoreError
+from ciphermesh.store.model import Node, OperatorRecord
+from ciphermesh.store.store import Store
 from ciphermesh.store.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,6 @@ class PassReport:
     """What one reconcile pass did; `conflicts` counts writes that lost a race (run again)."""
 
     assigned: dict[str, str] = field(default_factory=dict)
-    released: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     conflicts: int = 0
 
@@ -65,7 +67,7 @@ def _ipv4_cidr(node: Node) -> IPv4Network | None:
 
 
 class IPAMController:
-    """One reconcile pass at a time over the store's nodes and allocations."""
+    """One reconcile pass at a time over the store's nodes; the leading operator's alone."""
 
     def __init__(self, store: Store, pool: ClusterPool) -> None:
         self._store = store
@@ -73,64 +75,29 @@ class IPAMController:
 
     def reconcile(self) -> PassReport:
         report = PassReport()
-        nodes = {n.value.name: n for n in self._store.list_nodes()}
-        allocations = {a.value.cidr: a for a in self._store.list_allocations() if ":" not in a.value.cidr}
-        self._release(nodes, allocations, report)
-        by_node: dict[str, list[Versioned[IPAMAllocation]]] = defaultdict(list)
-        for allocation in allocations.values():
-            by_node[allocation.value.node].append(allocation)
-        taken = {ipaddress.IPv4Network(c) for c in allocations}
-        taken.update(c for n in nodes.values() if (c := _ipv4_cidr(n.value)) is not None)
-        for name in sorted(nodes, key=_natural):
-            node = nodes[name]
+        nodes = sorted(self._store.list_nodes(), key=lambda n: _natural(n.value.name))
+        # What is allocated is what the node records hold: a node that is gone has freed its CIDR.
+        owners: dict[IPv4Network, str] = {}
+        for node in nodes:
             cidr = _ipv4_cidr(node.value)
             if cidr is not None:
-                self._confirm(node, cidr, allocations.get(str(cidr)), report)
-            elif by_node[name]:
-                mine = by_node[name][0]
-                if self._write(report, name, self._store.bind_pod_cidr(node, mine)):
-                    report.assigned[name] = mine.value.cidr
+                owners.setdefault(cidr, node.value.name)
+        taken = set(owners)
+        for node in nodes:
+            cidr = _ipv4_cidr(node.value)
+            if cidr is not None:
+                self._confirm(node, cidr, owners[cidr], report)
             else:
                 self._assign(node, taken, report)
         return report
 
-    def _release(
-        self,
-        nodes: dict[str, Versioned[Node]],
-        allocations: dict[str, Versioned[IPAMAllocation]],
-        report: PassReport,
-    ) -> None:
-        """Free allocations whose node is gone, or whose node now holds another CIDR."""
-        for cidr, allocation in list(allocations.items()):
-            node = nodes.get(allocation.value.node)
-            if node is not None:
-                held = _ipv4_cidr(node.value)
-                if held is None or str(held) == cidr:
-                    continue
-            if self._store.release_pod_cidr(allocation, node):
-                del allocations[cidr]
-                report.released.append(cidr)
-                log.info("IPAM: released %s of %s", cidr, allocation.value.node)
-            else:
-                report.conflicts += 1
-
-    def _confirm(
-        self,
-        node: Versioned[Node],
-        cidr: IPv4Network,
-        allocation: Versioned[IPAMAllocation] | None,
-        report: PassReport,
-    ) -> None:
-        """A node that already names its CIDR: record it as allocated, or say why it cannot be."""
+    def _confirm(self, node: Versioned[Node], cidr: IPv4Network, owner: str, report: PassReport) -> None:
+        """A node that already names its CIDR: clear its error, or say why it cannot have it."""
         name = node.value.name
-        if allocation is not None and allocation.value.node == name:
-            self._set_error(node, None, report)
-        elif allocation is not None:
-            self._set_error(
-                node,
-                f"IPAM: podCIDR {cidr} of {name} is already allocated to {allocation.value.node}",
-                report,
-            )
+        if owner != name:
+            # Two records name one CIDR (a record restored behind the operator's back): the first in
+            # node order keeps it, the others are told.
+            self._set_error(node, f"IPAM: podCIDR {cidr} of {name} is already allocated to {owner}", report)
         elif self._pool.entry_of(cidr) is None and self._pool.overlaps(cidr):
             self._set_error(
                 node,
@@ -139,9 +106,7 @@ class IPAMController:
                 report,
             )
         else:
-            entry = self._pool.entry_of(cidr)
-            claimed = IPAMAllocation(str(cidr), name, str(entry) if entry is not None else None)
-            self._write(report, name, self._store.claim_pod_cidr(node, claimed))
+            self._set_error(node, None, report)
 
     def _assign(self, node: Versioned[Node], taken: set[IPv4Network], report: PassReport) -> None:
         name = node.value.name
@@ -149,10 +114,8 @@ class IPAMController:
         if free is None:
             self._set_error(node, self._pool.exhausted_message(name), report)
             return
-        block, entry = free
-        if self._write(
-            report, name, self._store.claim_pod_cidr(node, IPAMAllocation(str(block), name, str(entry)))
-        ):
+        block, _ = free
+        if self._write(report, name, self._store.assign_pod_cidr(node, str(block)) is not None):
             taken.add(block)
             report.assigned[name] = str(block)
             log.info("IPAM: assigned %s to %s", block, name)
@@ -168,7 +131,7 @@ class IPAMController:
     def _write(report: PassReport, name: str, succeeded: bool) -> bool:
         if not succeeded:
             report.conflicts += 1
-            log.debug("IPAM: lost a race on %s; will run again", name)
+            log.debug("IPAM: %s changed under this pass; will run again", name)
         return succeeded
 
 
@@ -186,16 +149,26 @@ def run_operator(store: Store, config: OperatorConfig, stop_event: threading.Eve
         return
     controller = IPAMController(store, pool)
     log.info("operator %s: pool %s, /%d per node", config.operator_id, pool.describe(), pool.mask_size)
-    events = store.watch_nodes()
+    events: EventStream[StoreEvent[Node]] | None = None
     try:
         dirty = True
         next_resync = 0.0
         while not stop_event.is_set():
+            if not registration.leading:
+                # Another operator allocates; this one stands by and looks again.
+                if events is not None:
+                    log.info("operator %s: no longer leading", config.operator_id)
+                    events.close()
+                    events = None
+                stop_event.wait(_POLL)
+                continue
+            if events is None:
+                events, dirty = store.watch_nodes(), True
             if dirty or time.monotonic() >= next_resync:
                 dirty = _pass(controller, stop_event)
                 next_resync = time.monotonic() + config.resync_interval
             if dirty:
-                # Another operator won a race: give it a moment, then look again.
+                # A node changed under the pass (its agent wrote): give it a moment, then look again.
                 stop_event.wait(random.uniform(0.01, 0.1))
                 continue
             try:
@@ -203,10 +176,10 @@ def run_operator(store: Store, config: OperatorConfig, stop_event: threading.Eve
             except StoreError as exc:
                 log.warning("operator: node watch failed (%s); watching again", exc)
                 events.close()
-                events = store.watch_nodes()
-                dirty = True
+                events, dirty = store.watch_nodes(), True
     finally:
-        events.close()
+        if events is not None:
+            events.close()
         registration.close()
 
 
@@ -232,7 +205,7 @@ def _pass(controller: IPAMController, stop_event: threading.Event) -> bool:
 
 def _register(
     store: Store, record: OperatorRecord, ttl: int, stop_event: threading.Event
-) -> Registration | None:
+) -> OperatorRegistration | None:
     while not stop_event.is_set():
         try:
             return store.register_operator(record, ttl=ttl)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from ciphermesh.keys import KeyLine, KeyLineError
 from ciphermesh.operator.key_secret import NoKeySecretError, current_key, rotate_key
-from ciphermesh.store.base import Store
 from ciphermesh.store.errors import ConflictError, StoreError
+from ciphermesh.store.store import Store
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 1.0

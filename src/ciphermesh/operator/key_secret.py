@@ -15,8 +15,9 @@ from ciphermesh.keys import (
     parse_secret,
     successor_line,
 )
-from ciphermesh.store.base import Store, Versioned
+from ciphermesh.store.base import Revision, Versioned
 from ciphermesh.store.model import KeySecret
+from ciphermesh.store.store import Store
 
 
 class NoKeySecretError(LookupError):
@@ -29,7 +30,7 @@ class CurrentKey:
 
     text: str
     line: KeyLine
-    revision: int
+    revision: Revision
 
 
 def current_key(store: Store, secret_name: str) -> CurrentKey:
@@ -54,7 +55,7 @@ def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
         current = None
     if current is not None and stored is not None:
         if check_successor(current, new):
-            store.put_key_secret(line_text.strip(), name=secret_name, expect_revision=stored.revision)
+            store.put_key_secret(line_text.strip(), name=secret_name, expect=stored.revision)
         return new
     for versioned in store.list_nodes():
         node, in_use = versioned.value.name, versioned.value.key_id
@@ -74,5 +75,5 @@ def rotate_key(
     """Write the successor of the current key (next ID, fresh key of the same algorithm and size)."""
     current = current_key(store, secret_name)
     new = successor_line(current.line, randbytes)
-    store.put_key_secret(new.format(reveal=True), name=secret_name, expect_revision=current.revision)
+    store.put_key_secret(new.format(reveal=True), name=secret_name, expect=current.revision)
     return new

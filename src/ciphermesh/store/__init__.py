@@ -1,1 +1,1 @@
-"""The cluster's shared state (nodes, key secret, IPAM) behind one small interface."""
+"""The cluster's shared state (nodes with their pod CIDRs, the key secret, operators) behind one contract."""

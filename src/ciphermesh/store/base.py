@@ -1,90 +1,75 @@
-"""The `Store` interface that the agent, the operator and the CLI use; backends implement it.
+"""The store contract: what every backend (etcd today, Kubernetes next) implements.
 
-Every record read comes with its revision, and every conditional write takes the revision it
-expects, so that concurrent writers (two operators, an agent and the operator) never lose an
-update: a write whose expectation no longer holds returns False and the caller re-reads.
+One record, one compare-and-swap: every read comes with an opaque `Revision` (a token the caller only
+hands back, as Kubernetes' `resourceVersion`), and every conditional write names what it expects: a
+revision, `Expect.ABSENT` (create only) or `Expect.ANY`. Nothing spans two records, so a node's pod CIDRs
+live in the node's own record (as Cilium's `CiliumNode.spec.ipam.podCIDRs`). Liveness is the backend's:
+a registration is kept alive until closed, and a node whose registration lapses is gone from every list
+and watch. `ciphermesh.store.store.Store` is the one face above the backends that callers use.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, NewType, Protocol, TypeVar
 
-from ciphermesh.store.errors import (
-    ConflictError,
-    InvalidSecretError,
-    NodeNotFoundError,
-    PodCIDRTimeoutError,
-    RecordError,
-    StoreError,
-    StoreUnavailableError,
-)
-from ciphermesh.store.model import (
-    DEFAULT_SECRET_NAME,
-    SECRET_NAMESPACE,
-    IPAMAllocation,
-    KeySecret,
-    Node,
-    OperatorRecord,
-)
+from ciphermesh.store.model import KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
 
 T = TypeVar("T")
 
-__all__ = [
-    "DEFAULT_NODE_TTL",
-    "ConflictError",
-    "InvalidSecretError",
-    "NodeNotFoundError",
-    "NodeRegistration",
-    "PodCIDRTimeoutError",
-    "RecordError",
-    "Registration",
-    "Store",
-    "StoreError",
-    "StoreEvent",
-    "StoreUnavailableError",
-    "Versioned",
-]
-
 DEFAULT_NODE_TTL = 10
 """Seconds a node outlives its agent's last keepalive (etcd raises anything below 2 to 2)."""
+
+Revision = NewType("Revision", str)
+"""Where a record was last written: opaque, compared only for equality, handed back to a write."""
+
+
+class Expect(enum.Enum):
+    """A write's precondition other than a revision: none at all, or that the record does not exist."""
+
+    ANY = "any"
+    ABSENT = "absent"
+
+
+Precondition = Revision | Expect
 
 
 @dataclass(frozen=True)
 class Versioned(Generic[T]):
-    """A record and the store revision it was last written at."""
+    """A record and the revision it was read at."""
 
     value: T
-    revision: int
+    revision: Revision
 
 
 @dataclass(frozen=True)
 class StoreEvent(Generic[T]):
-    """A change: `put` (value is the new record), `delete` (value is the last known record),
-    or `synced` (every record that existed at `revision` has been delivered; name and value empty)."""
+    """A change: `put` (value is the record now, at `revision`), `delete` (value is the last known
+    record) or `synced` (every record that existed when the listing was taken has been delivered)."""
 
     kind: Literal["put", "delete", "synced"]
     name: str
     value: T | None
-    revision: int
+    revision: Revision | None = None
 
 
 class Registration(Protocol):
-    """Something kept alive under a lease until closed."""
+    """Records kept alive by this process until closed (etcd: a lease; Kubernetes: a Lease's renewals)."""
 
     @property
     def last_error(self) -> str | None:
-        """Why the last keepalive failed, None while it works."""
+        """Why keeping alive last failed, None while it works."""
 
     def close(self, *, revoke: bool = True) -> None:
-        """Stop keeping alive; with `revoke` the records go at once, else when the lease expires."""
+        """Stop keeping alive; with `revoke` the records go at once, else once the registration lapses."""
 
 
 class NodeRegistration(Registration, Protocol):
-    """An agent's node record, kept alive under a lease and re-published if the lease is ever lost."""
+    """An agent's node record, kept alive; if the record is ever lost it is published again."""
 
     @property
     def name(self) -> str: ...
@@ -93,6 +78,10 @@ class NodeRegistration(Registration, Protocol):
     def node(self) -> Node:
         """The record as last written or read by this registration."""
 
+    @property
+    def republished(self) -> int:
+        """How often the record was found gone (lapsed, deleted) and published again."""
+
     def update(self, mutate: Callable[[Node], Node]) -> Node:
         """Apply `mutate` to the current record and store it (compare-and-swap, retried)."""
 
@@ -100,67 +89,44 @@ class NodeRegistration(Registration, Protocol):
         """Block until the operator has given this node its pod CIDRs; `PodCIDRTimeoutError` says why not."""
 
 
-class Store(Protocol):
-    """Nodes, the key secret, IPAM allocations and operators of one cluster."""
+class OperatorRegistration(Registration, Protocol):
+    """An operator's record, kept alive; at most one registered operator leads at a time."""
+
+    @property
+    def leading(self) -> bool:
+        """True while this operator holds the leadership and may allocate; re-checked before each pass."""
+
+
+class Backend(Protocol):
+    """The records of one cluster in one backend. Callers go through `Store`, which validates first."""
 
     cluster: str
 
-    def register_node(self, node: Node, *, ttl: int = DEFAULT_NODE_TTL) -> NodeRegistration:
-        """Publish `node` under a lease kept alive until closed; a pod CIDR already recorded is kept."""
+    def register_node(self, node: Node, *, ttl: int) -> NodeRegistration:
+        """Publish `node`, kept alive until closed; pod CIDRs already recorded for it are kept."""
 
     def get_node(self, name: str) -> Versioned[Node] | None: ...
 
     def list_nodes(self) -> list[Versioned[Node]]: ...
 
-    def update_node(self, name: str, mutate: Callable[[Node], Node]) -> Versioned[Node]:
-        """Compare-and-swap `mutate` onto a node's record, keeping its lease.
+    def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
+        """Replace an existing node record if it is still at `expect`, keeping it alive; None if it
+        changed or is gone (a write never brings a node back)."""
 
-        Raises `NodeNotFoundError` if the node has no record."""
+    def delete_node(self, name: str, expect: Precondition) -> bool:
+        """Remove a node record (at `expect`, or whatever it holds with `Expect.ANY`); False if not."""
 
-    def watch_nodes(self) -> EventStream[StoreEvent[Node]]:
-        """Every existing node as `put`, then `synced`, then changes; re-lists by itself when it must."""
+    def watch_nodes(self, name: str | None = None) -> EventStream[StoreEvent[Node]]:
+        """Every node (or the one named) as `put`, then `synced`, then changes; resumes by itself."""
 
-    def watch_node(self, name: str) -> EventStream[StoreEvent[Node]]:
-        """The same for one node's record."""
+    def get_key_secret(self, name: str, namespace: str) -> Versioned[KeySecret] | None: ...
 
-    def get_key_secret(
-        self, *, name: str = DEFAULT_SECRET_NAME, namespace: str = SECRET_NAMESPACE
-    ) -> Versioned[KeySecret] | None: ...
+    def write_key_secret(self, secret: KeySecret, expect: Precondition) -> Versioned[KeySecret]:
+        """Store the secret's text verbatim; `ConflictError` if `expect` does not hold."""
 
-    def put_key_secret(
-        self,
-        keys: str,
-        *,
-        name: str = DEFAULT_SECRET_NAME,
-        namespace: str = SECRET_NAMESPACE,
-        expect_revision: int | None = None,
-    ) -> Versioned[KeySecret]:
-        """Store the secret's `keys` text verbatim once `ciphermesh.keys.parse_secret` accepts it.
+    def watch_key_secret(self, name: str, namespace: str) -> EventStream[StoreEvent[KeySecret]]: ...
 
-        `expect_revision`: None writes unconditionally, 0 only if absent, else only over that revision.
-        """
-
-    def watch_key_secret(
-        self, *, name: str = DEFAULT_SECRET_NAME, namespace: str = SECRET_NAMESPACE
-    ) -> EventStream[StoreEvent[KeySecret]]: ...
-
-    def list_allocations(self) -> list[Versioned[IPAMAllocation]]: ...
-
-    def claim_pod_cidr(self, node: Versioned[Node], allocation: IPAMAllocation) -> bool:
-        """Atomically record a new allocation and set it as the node's pod CIDR (clearing its IPAM
-        error); False if the CIDR is already allocated or the node changed since `node.revision`."""
-
-    def bind_pod_cidr(self, node: Versioned[Node], allocation: Versioned[IPAMAllocation]) -> bool:
-        """Set an existing allocation (of this node) as its pod CIDR; False if either record changed."""
-
-    def release_pod_cidr(self, allocation: Versioned[IPAMAllocation], node: Versioned[Node] | None) -> bool:
-        """Delete an allocation if it is unchanged and its node is still absent (`node` None) or still
-        at `node.revision`; False otherwise."""
-
-    def set_ipam_error(self, node: Versioned[Node], message: str | None) -> bool:
-        """Replace the node's `IPAM: ` error (None clears it); False if the node changed."""
-
-    def register_operator(self, record: OperatorRecord, *, ttl: int = DEFAULT_NODE_TTL) -> Registration: ...
+    def register_operator(self, record: OperatorRecord, *, ttl: int) -> OperatorRegistration: ...
 
     def list_operators(self) -> list[OperatorRecord]: ...
 

@@ -225,31 +225,6 @@ class Node:
 
 
 @dataclass(frozen=True)
-class IPAMAllocation:
-    """A pod CIDR handed to a node; `pool` is the pool entry it came from (None: adopted from outside)."""
-
-    cidr: str
-    node: str
-    pool: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "cidr", str(_cidr("allocation cidr", self.cidr)))
-        check_name("allocation node", self.node)
-        if self.pool is not None:
-            object.__setattr__(self, "pool", str(_cidr("allocation pool", self.pool)))
-
-    def to_json(self) -> str:
-        return _dump({"cidr": self.cidr, "node": self.node, "pool": self.pool})
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> IPAMAllocation:
-        raw = _load("IPAM allocation", data)
-        if "cidr" not in raw or "node" not in raw:
-            raise RecordError("IPAM allocation record needs cidr and node")
-        return cls(cidr=raw["cidr"], node=raw["node"], pool=raw.get("pool"))
-
-
-@dataclass(frozen=True)
 class KeySecret:
     """The IPsec key secret: its `keys` text exactly as the secret holds it (never in repr)."""
 
@@ -262,6 +237,15 @@ class KeySecret:
         check_name("secret namespace", self.namespace)
         if not isinstance(self.keys, str) or not self.keys.strip():
             raise RecordError(f"secret {self.namespace}/{self.name} has an empty keys field")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, name: str, namespace: str) -> KeySecret:
+        """The secret as a backend holds it (etcd's value, a Secret's `data.keys`), which must be text."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise RecordError(f"secret {namespace}/{name} is not UTF-8 text") from None
+        return cls(keys=text, name=name, namespace=namespace)
 
 
 @dataclass(frozen=True)
