@@ -427,6 +427,25 @@ def test_reapplying_the_same_state_keeps_sequence_numbers_and_a_bad_state_change
     assert pair.status(pair.b)["errors"] == {}
 
 
+def test_a_restarted_engine_refuses_the_keys_it_used_and_runs_on_new_ones(pair: Pair) -> None:
+    """Issue 10.2 through the state file: a new process would send from 1 under keys B holds a window for."""
+    ping(pair.a, pair.b.pod, from_address=pair.a.pod, count=3)
+    pair.stop(pair.a)
+    runner = [sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner"]
+    argv = [*runner, "--state", str(pair.a.state_path), "--tun", TUN, "--control", str(pair.a.control)]
+    refused = netns.run(pair.a.netns, argv, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"ipsec-engine: peers[0] ({pair.b.router}): outbound SPI 3: an earlier engine used this key and its "
+        "sequence numbers are gone (the peer would drop them as replays); derive new keys (a new boot ID)"
+    ]
+    pair.a.boot_id = str(uuid.uuid4())  # as an agent restart does
+    pair.start(pair.a, pair.state(pair.a, (3,), 3))
+    pair.apply(pair.b, pair.state(pair.b, (3,), 3))
+    assert "3 received" in ping(pair.a, pair.b.pod, from_address=pair.a.pod, count=3)
+    assert pair.status(pair.b)["errors"] == {}
+
+
 def test_without_its_esp_route_a_node_drops_and_counts_and_recovers_when_it_returns(
     pair: Pair, tmp_path: Path
 ) -> None:

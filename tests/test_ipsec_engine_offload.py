@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,7 @@ def test_without_offload_every_packet_is_written_as_it_came(pair: Pair, tmp_path
     for node in (pair.a, pair.b):
         pair.stop(node)
         node.control.unlink(missing_ok=True)
+        node.boot_id = str(uuid.uuid4())  # a new engine process needs new keys, as a restarted agent has
     pair.start(pair.a, pair.state(pair.a, (3,), 3), "--no-offload")
     pair.start(pair.b, pair.state(pair.b, (3,), 3), "--no-offload")
     tun_lengths, esp = transfer_both_ways(pair, tmp_path)

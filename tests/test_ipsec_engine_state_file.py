@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import uuid
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -14,9 +15,14 @@ import pytest
 from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
 from ciphermesh.datapath.ipsec_state_file import (
     StateFileError,
+    check_fresh,
     read_state_file,
+    read_used,
+    record_used,
+    sa_digests,
     state_from_document,
     state_to_document,
+    used_path,
     write_state_file,
 )
 from ciphermesh.keys import derive_tunnel_key, generate_line
@@ -121,3 +127,23 @@ def test_a_file_that_is_not_json_is_refused_without_quoting_it(tmp_path: Path) -
     assert "0123456789" not in str(caught.value)
     with pytest.raises(StateFileError, match="No such file"):
         read_state_file(tmp_path / "missing.json")
+
+
+def test_keys_an_earlier_engine_used_are_refused_by_name_and_new_ones_pass(
+    tmp_path: Path, state: IPsecEngineState
+) -> None:
+    path = tmp_path / "state.json"
+    assert read_used(path) == frozenset()
+    digests = sa_digests(state)
+    assert len(digests) == 3  # one outbound, two inbound
+    record_used(path, frozenset(digests))
+    assert stat.S_IMODE(used_path(path).stat().st_mode) == 0o600
+    lines = used_path(path).read_text().split()
+    assert sorted(lines) == sorted(digests) and all(len(line) == 32 for line in lines)  # digests, no key
+    peer = state.peers[0]
+    with pytest.raises(StateFileError, match=r"peers\[0\] \(10.0.2.1\): outbound SPI 3: an earlier engine"):
+        check_fresh(state, read_used(path))
+    line, boot_a, boot_b = generate_line(key_id=3), str(uuid.uuid4()), str(uuid.uuid4())
+    rebooted = replace(peer, out_key=derive_tunnel_key(line, A, B, boot_a, boot_b),
+                       in_keys={3: derive_tunnel_key(line, B, A, boot_b, boot_a)})
+    check_fresh(IPsecEngineState(A, (rebooted,)), read_used(path))

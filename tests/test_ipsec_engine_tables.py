@@ -14,7 +14,7 @@ from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 from ciphermesh.datapath.ipsec_engine_drops import new_drop_counts
 from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
 from ciphermesh.datapath.ipsec_tables import IPsecTables, SAParams
-from ciphermesh.esp import OutboundSA, cipher_for, wrap_ipv4
+from ciphermesh.esp import Drop, OutboundSA, cipher_for, wrap_ipv4
 from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 
 ROUTER_A = IPv4Address("10.0.1.1")
@@ -202,24 +202,80 @@ def test_rebuilding_keeps_unchanged_sas_and_their_sequence_numbers(line: KeyLine
     assert again.paths[0].out_sa is first.paths[0].out_sa
     assert again.paths[0].in_sas[3] is first.paths[0].in_sas[3]
     assert again.paths[0].stats is first.paths[0].stats
-    assert again.retired_from(first) == []
     sealed = again.seal(inner("10.0.1.5", "10.0.2.5"))
     assert sealed is not None and sealed[0].out_sa is not None and sealed[0].out_sa.seq == 6
 
 
-def test_a_changed_key_replaces_the_sa_and_a_removed_peer_retires_its_sas(line: KeyLine) -> None:
+def test_a_changed_key_replaces_the_sa_and_a_removed_peer_gets_nothing(line: KeyLine) -> None:
     first = tables_for(IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),)))
     first.seal(inner("10.0.1.5", "10.0.2.5"))
     same_spi_new_key = generate_line(key_id=line.key_id)  # as after B's reboot: new boot ID, new keys
     rebooted = tables_for(
         IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), same_spi_new_key),)), first
     )
-    new_out = rebooted.paths[0].out_sa
+    new_out, new_in = rebooted.paths[0].out_sa, rebooted.paths[0].in_sas[3]
     assert new_out is not None and new_out is not first.paths[0].out_sa and new_out.seq == 0
-    assert set(rebooted.retired_from(first)) == {first.paths[0].out_sa, first.paths[0].in_sas[3]}
+    assert new_in is not first.paths[0].in_sas[3] and new_in.max_seq == 0
     gone = tables_for(IPsecEngineState(ROUTER_A, ()), rebooted)
-    assert len(gone.retired_from(rebooted)) == 2
+    assert gone.paths == () and gone.sad.get(ROUTER_B, ROUTER_A, 3) is None
     assert gone.seal(inner("10.0.1.5", "10.0.2.5")) is None
+
+
+def test_a_peer_removed_and_added_again_with_the_same_keys_goes_on_where_it_stopped(line: KeyLine) -> None:
+    """Issue 10: B's lease expired while A was stopped; A kept its window, so B must not start at 1 again."""
+    a_state = IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),))
+    b_state = IPsecEngineState(ROUTER_B, (peer(ROUTER_B, ROUTER_A, (CIDR_A,), line),))
+    a, b = tables_for(a_state), tables_for(b_state)
+    for n in range(2000):  # past the 1024-packet window: a restart at 1 would be dropped as replays
+        assert send(b, a, inner("10.0.2.5", "10.0.1.5", n.to_bytes(2, "big"))) is not None
+        assert send(a, b, inner("10.0.1.5", "10.0.2.5", n.to_bytes(2, "big"))) is not None
+    b_without_a = tables_for(IPsecEngineState(ROUTER_B, ()), b)
+    assert b_without_a.seal(inner("10.0.2.5", "10.0.1.5")) is None
+    b_again = tables_for(b_state, b_without_a)
+    out_sa = b_again.paths[0].out_sa
+    assert out_sa is not None and out_sa.seq == 2000
+    back = inner("10.0.2.5", "10.0.1.5", b"back")
+    assert send(b_again, a, back) == back
+    assert a.paths[0].in_sas[3].counters[Drop.XfrmInStateSeqError] == 0
+    # B's window came back too: A's packets go on, and one B had already opened is still a replay.
+    first_from_a = a.seal(inner("10.0.1.5", "10.0.2.5"))
+    assert first_from_a is not None
+    assert send(a, b_again, inner("10.0.1.5", "10.0.2.5")) is not None
+    assert b_again.open(wrap_ipv4(ROUTER_A, ROUTER_B, first_from_a[1])) is not None
+    assert b_again.open(wrap_ipv4(ROUTER_A, ROUTER_B, first_from_a[1])) is None
+    assert b_again.paths[0].in_sas[3].counters[Drop.XfrmInStateSeqError] == 1
+
+
+def test_a_key_id_that_wraps_back_gets_fresh_sas_only_with_fresh_material(line: KeyLine) -> None:
+    """15 wraps to 1: a new key under an old SPI is a new SA both ends; the old key again goes on."""
+    a = tables_for(IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),)))
+    b = tables_for(IPsecEngineState(ROUTER_B, (peer(ROUTER_B, ROUTER_A, (CIDR_A,), line),)))
+    for _ in range(3):
+        assert send(a, b, inner("10.0.1.5", "10.0.2.5")) is not None
+    other = generate_line(key_id=line.key_id)
+    a = tables_for(IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), other),)), a)
+    b = tables_for(IPsecEngineState(ROUTER_B, (peer(ROUTER_B, ROUTER_A, (CIDR_A,), other),)), b)
+    assert send(a, b, inner("10.0.1.5", "10.0.2.5")) is not None
+    sealed = a.paths[0].out_sa
+    assert sealed is not None and sealed.seq == 1
+    # The ledger keeps one key per (direction, addresses, SPI): going back to the first is a new SA.
+    a = tables_for(IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),)), a)
+    b = tables_for(IPsecEngineState(ROUTER_B, (peer(ROUTER_B, ROUTER_A, (CIDR_A,), line),)), b)
+    assert send(a, b, inner("10.0.1.5", "10.0.2.5")) is not None
+    assert len(a.ledger) == 2 and len(b.ledger) == 2
+
+
+def test_every_counter_stays_in_the_totals_while_sas_come_and_go(line: KeyLine) -> None:
+    state = IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), line),))
+    a = tables_for(state)
+    a.seal(inner("10.0.1.5", "10.0.2.5"))
+    for _ in range(3):
+        a = tables_for(state, tables_for(IPsecEngineState(ROUTER_A, ()), a))
+        a.seal(inner("10.0.1.5", "10.0.2.5"))
+    assert sum(c.packets_out for c in a.ledger.counters()) == 4
+    new_key = generate_line(key_id=3)
+    a = tables_for(IPsecEngineState(ROUTER_A, (peer(ROUTER_A, ROUTER_B, (CIDR_B,), new_key),)), a)
+    assert a.ledger.retired.packets_out == 4 and sum(c.packets_out for c in a.ledger.counters()) == 0
 
 
 def test_rotation_holds_two_inbound_spis_and_switches_outbound_per_peer() -> None:

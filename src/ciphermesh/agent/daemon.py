@@ -32,6 +32,7 @@ from ciphermesh.datapath.strict_mode import StrictGuard, apply_guard, read_drops
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
+from ciphermesh.esp.ledger import SALedger
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
@@ -72,6 +73,9 @@ class Agent:
         self.store = store
         self.ipr = ipr
         self.boot_id = str(uuid.uuid4())
+        # The SAs' counters live exactly as long as the boot ID the keys are derived from: an engine
+        # made again in this process must go on with them (esp.ledger), a new process has a new boot ID.
+        self._sa_ledger = SALedger()
         self.mode: Mode = agent_mode(options.values)
         self.node_encryption = node_encryption(options.values)
         self.strict_cidr = strict_cidr(options.values)
@@ -172,7 +176,7 @@ class Agent:
 
     def _start_engine(self) -> None:
         self._tun = TunDevice(ENGINE_TUN, vnet_hdr=True)
-        self._engine = IPsecEngine(self._tun)
+        self._engine = IPsecEngine(self._tun, ledger=self._sa_ledger)
         self._engine_thread = threading.Thread(
             target=self._engine.run, args=(self._engine_stop,), name="ipsec-engine", daemon=True
         )

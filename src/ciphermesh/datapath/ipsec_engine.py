@@ -21,6 +21,7 @@ from ciphermesh.datapath.ownership import IPSEC_ENCRYPTED_MARK
 from ciphermesh.datapath.tcp_coalesce import VNET_HDR_LEN, coalesce
 from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.esp import PROTO_ESP, Counters, Drop
+from ciphermesh.esp.ledger import SALedger
 
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; Python's socket module does not export these
 SO_RCVBUFFORCE = 33
@@ -68,7 +69,9 @@ class IPsecEngine:
         esp_socket: socket.socket | None = None,
         params: SAParams | None = None,
         batch: int = DEFAULT_BATCH,
+        ledger: SALedger | None = None,
     ) -> None:
+        """`ledger` must live as long as the keys do (the agent's boot ID); by default, the engine's life."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         self._tun = tun
@@ -76,8 +79,7 @@ class IPsecEngine:
         self._params = params or SAParams()
         self._batch = batch
         self._lock = threading.Lock()
-        self._retired = Counters()
-        self._tables = IPsecTables.empty(new_drop_counts())
+        self._tables = IPsecTables.empty(new_drop_counts(), ledger)
 
     @classmethod
     def open(
@@ -88,26 +90,23 @@ class IPsecEngine:
         esp_socket: socket.socket | None = None,
         params: SAParams | None = None,
         batch: int = DEFAULT_BATCH,
+        ledger: SALedger | None = None,
     ) -> IPsecEngine:
         """An engine on TUN device `tun_name` (created if missing); `offload` opens it with vnet_hdr."""
         tun = TunDevice(tun_name, vnet_hdr=offload)
         try:
-            return cls(tun, esp_socket=esp_socket, params=params, batch=batch)
+            return cls(tun, esp_socket=esp_socket, params=params, batch=batch, ledger=ledger)
         except BaseException:
             tun.close()
             raise
 
     def apply(self, state: IPsecEngineState) -> None:
-        """Converge to `state`: unchanged SAs keep their counters, changed ones are replaced, others dropped.
+        """Converge to `state`: an SA under a key held before goes on with its counters, others are new.
 
         Raises ValueError (e.g. an unsupported algorithm) before anything changes.
         """
         with self._lock:
-            previous = self._tables
-            tables = IPsecTables.build(state, self._params, previous)
-            self._tables = tables
-            for sa in tables.retired_from(previous):
-                self._retired.add(sa.counters)
+            self._tables = IPsecTables.build(state, self._params, self._tables)
 
     def run(self, stop: threading.Event) -> None:
         """Move packets until `stop` is set, draining up to `batch` packets per source and wakeup."""
@@ -214,7 +213,8 @@ class IPsecEngine:
         """JSON-friendly: keys in use, highest outbound sequence number, errors by name, and per peer."""
         with self._lock:
             tables = self._tables
-            totals = Counters.total([self._retired, tables.sad.counters, *tables.sa_counters()])
+            ledger = tables.ledger
+            totals = Counters.total([ledger.retired, tables.sad.counters, *ledger.counters()])
         errors = {str(name): totals[name] for name in _DROP_NAMES}
         for name, value in tables.counts.items():
             errors[str(name)] = errors.get(str(name), 0) + value

@@ -4,6 +4,7 @@
 opens (or creates) the TUN device and the raw ESP socket, applies the state and moves packets until
 SIGTERM/SIGINT. The control socket takes one line per connection, `status` or `reload` (re-read the
 state file and apply it), and answers one JSON line. For tests and benchmarks; the agent embeds the engine.
+A state with a key an earlier runner used is refused: this process's counters would start over under it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,40 @@ from ciphermesh.datapath.ipsec_engine import (
     IPsecEngine,
     open_esp_socket,
 )
-from ciphermesh.datapath.ipsec_state_file import StateFileError, read_state_file
+from ciphermesh.datapath.ipsec_state import IPsecEngineState
+from ciphermesh.datapath.ipsec_state_file import (
+    StateFileError,
+    check_fresh,
+    read_state_file,
+    read_used,
+    record_used,
+    sa_digests,
+)
 
 _PROG = "ipsec-engine"
 
 
-class _ControlServer(socketserver.UnixStreamServer):
-    def __init__(self, path: Path, engine: IPsecEngine, state_path: Path) -> None:
+class _Applier:
+    """Applies states from the file, refusing keys of earlier processes and recording those it takes."""
+
+    def __init__(self, engine: IPsecEngine, state_path: Path) -> None:
         self.engine = engine
         self.state_path = state_path
+        self._earlier = read_used(state_path)
+        self._taken = self._earlier
+
+    def apply(self, state: IPsecEngineState) -> None:
+        """Check, record, then apply (a crash in between leaves a key recorded, never one unrecorded)."""
+        check_fresh(state, self._earlier)
+        self._taken = self._taken | frozenset(sa_digests(state))
+        record_used(self.state_path, self._taken)
+        self.engine.apply(state)
+
+
+class _ControlServer(socketserver.UnixStreamServer):
+    def __init__(self, path: Path, applier: _Applier) -> None:
+        self.engine = applier.engine
+        self.applier = applier
         super().__init__(str(path), _ControlHandler)
 
 
@@ -49,8 +75,8 @@ class _ControlHandler(socketserver.StreamRequestHandler):
             return self.server.engine.status()
         if command == "reload":
             try:
-                self.server.engine.apply(read_state_file(self.server.state_path))
-            except ValueError as exc:
+                self.server.applier.apply(read_state_file(self.server.applier.state_path))
+            except (OSError, ValueError) as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command[:40]!r}; use status or reload"}
@@ -101,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with engine:
         try:
-            engine.apply(state)
+            applier = _Applier(engine, args.state)
+            applier.apply(state)
             args.control.unlink(missing_ok=True)
-            server = _ControlServer(args.control, engine, args.state)
+            server = _ControlServer(args.control, applier)
         except (OSError, ValueError) as exc:
             print(f"{_PROG}: {exc}", file=sys.stderr)
             return 1

@@ -2,10 +2,15 @@
 
 {"localRouterIP": "10.0.1.1", "peers": [{"routerIP": "10.0.2.1", "podCIDRs": ["10.0.2.0/24"],
  "outSPI": 3, "outKey": "<key line>", "inKeys": {"3": "<key line>"}}]}
+
+Beside it, `.<name>.used` lists a digest of every SA an engine took from the file. A new engine process
+starts its counters at 1, and the peer still holds its replay window for those keys, so it refuses a
+state with any of them (esp.ledger's rule across processes): the writer must derive new keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -88,6 +93,59 @@ def read_state_file(path: Path) -> IPsecEngineState:
         position = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise StateFileError(f"{path}: not valid JSON{position}") from None
     return state_from_document(document)
+
+
+def used_path(state_path: Path) -> Path:
+    """Where the digests of the SAs engines took from `state_path` are kept."""
+    return state_path.with_name(f".{state_path.name}.used")
+
+
+def sa_digests(state: IPsecEngineState) -> dict[str, str]:
+    """A digest of every SA `state` asks for (direction, addresses, SPI, key), naming it without its key."""
+    local = state.local_router_ip
+    digests = {}
+    for index, peer in enumerate(state.peers):
+        outbound = dict(peer.standby_out_keys)
+        if peer.out_spi is not None and peer.out_key is not None:
+            outbound[peer.out_spi] = peer.out_key
+        for direction, keys, src, dst in (("out", outbound, local, peer.router_ip),
+                                          ("in", peer.in_keys, peer.router_ip, local)):
+            for spi, key in keys.items():
+                text = f"{direction} {src} {dst} {spi} {key.format(reveal=True)}"
+                where = f"peers[{index}] ({peer.router_ip}): {direction}bound SPI {spi}"
+                digests[hashlib.blake2b(text.encode(), digest_size=16).hexdigest()] = where
+    return digests
+
+
+def read_used(state_path: Path) -> frozenset[str]:
+    """The digests recorded beside `state_path` (none if there is no record yet)."""
+    try:
+        return frozenset(used_path(state_path).read_text().split())
+    except FileNotFoundError:
+        return frozenset()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"{used_path(state_path)}: cannot be read: {exc}") from None
+
+
+def check_fresh(state: IPsecEngineState, used: frozenset[str]) -> None:
+    """StateFileError naming the first SA of `state` that an earlier engine process used."""
+    for digest, where in sa_digests(state).items():
+        if digest in used:
+            why = "its sequence numbers are gone (the peer would drop them as replays)"
+            raise StateFileError(f"{where}: an earlier engine used this key and {why}; "
+                                 "derive new keys (a new boot ID)")
+
+
+def record_used(state_path: Path, digests: frozenset[str]) -> None:
+    """Replace the record beside `state_path` atomically (mode 0600)."""
+    path = used_path(state_path)
+    temporary = path.with_name(f"{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, "".join(f"{digest}\n" for digest in sorted(digests)).encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 def _peer(value: object, where: str) -> IPsecPeer:

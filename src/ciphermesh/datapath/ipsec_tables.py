@@ -1,8 +1,9 @@
 """One immutable generation of the engine's lookup tables, and what it does to one packet each way.
 
-A generation is built from the desired state and the previous generation: an SA whose direction, outer
-addresses, SPI and key are unchanged is the same object in both (its sequence number and replay window
-go on); anything else is new. The packet loop reads one generation per batch, `apply` swaps in the next.
+A generation is built from the desired state and the engine's `SALedger`, which every generation of one
+engine shares: an SA whose direction, outer addresses, SPI and key the engine has held before is that same
+object again (its sequence number and replay window go on, also after its peer was away); anything else
+is new. The packet loop reads one generation per batch, `apply` swaps in the next.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import secrets
 import socket
 import struct
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address
 
 from ciphermesh.datapath.ipsec_engine_drops import EngineDrop
 from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
 from ciphermesh.datapath.prefix_map import PrefixMap
 from ciphermesh.esp import (
-    Counters,
     Decapsulated,
     InboundSA,
     InnerPacketError,
@@ -26,6 +27,7 @@ from ciphermesh.esp import (
     SequenceExhausted,
     cipher_for,
 )
+from ciphermesh.esp.ledger import SALedger
 from ciphermesh.keys import KeyMaterial
 
 IP_PKTINFO = 8  # <linux/in.h>; Python's socket module does not export it
@@ -39,7 +41,7 @@ _IN_TMPL = EngineDrop.XfrmInTmplMismatch
 _OUT_LOOP = EngineDrop.EngineOutLoop
 _PROTO_ESP = 50
 
-# (direction, outer source, outer destination, SPI, key): what must stay equal for an SA to be kept.
+# (direction, outer source, outer destination, SPI, key): one SA per identity for the engine's life.
 SAIdentity = tuple[str, bytes, bytes, int, KeyMaterial]
 
 
@@ -90,6 +92,7 @@ class IPsecTables:
         "_sources6",
         "ancillary",
         "counts",
+        "ledger",
         "local_packed",
         "local_router_ip",
         "paths",
@@ -104,6 +107,7 @@ class IPsecTables:
         sas: dict[SAIdentity, OutboundSA | InboundSA],
         sad: SADatabase,
         counts: dict[str, int],
+        ledger: SALedger,
     ) -> None:
         self.local_router_ip = local_router_ip
         self.local_packed = local_router_ip.packed if local_router_ip is not None else b""
@@ -111,6 +115,7 @@ class IPsecTables:
         self._sas = sas
         self.sad = sad
         self.counts = counts
+        self.ledger = ledger
         self._by_router = {path.peer.router_ip.packed: path for path in paths}
         self._routes4: PrefixMap[PeerPath] = PrefixMap(
             4, ((cidr, path) for path in paths for cidr in path.peer.pod_cidrs if cidr.version == 4)
@@ -130,50 +135,46 @@ class IPsecTables:
         )
 
     @classmethod
-    def empty(cls, counts: dict[str, int]) -> IPsecTables:
-        """No peers and no SAs: every packet is a counted drop."""
-        return cls(local_router_ip=None, paths=(), sas={}, sad=SADatabase(), counts=counts)
+    def empty(cls, counts: dict[str, int], ledger: SALedger | None = None) -> IPsecTables:
+        """No peers and no SAs: every packet is a counted drop. Later generations share `ledger`."""
+        ledger = SALedger() if ledger is None else ledger
+        return cls(local_router_ip=None, paths=(), sas={}, sad=SADatabase(), counts=counts, ledger=ledger)
 
     @classmethod
     def build(cls, state: IPsecEngineState, params: SAParams, previous: IPsecTables) -> IPsecTables:
-        """The generation for `state`, reusing `previous`'s SAs and peer stats where they still fit."""
+        """The generation for `state`: SAs from the engine's ledger, peer stats from `previous`."""
         local = state.local_router_ip
+        ledger = previous.ledger
         sas: dict[SAIdentity, OutboundSA | InboundSA] = {}
         sad = SADatabase()
         sad.counters = previous.sad.counters
         paths = []
-        for peer in state.peers:
-            out_sa = None
-            out_keys = dict(peer.standby_out_keys)
-            if peer.out_spi is not None and peer.out_key is not None:
-                out_keys[peer.out_spi] = peer.out_key
-            for spi, key in out_keys.items():
-                identity = ("out", local.packed, peer.router_ip.packed, spi, key.material)
-                kept = previous._sas.get(identity)
-                sa = kept if isinstance(kept, OutboundSA) else _new_outbound(spi, identity, params)
-                sas[identity] = sa
-                if spi == peer.out_spi:
-                    out_sa = sa
-            in_sas = {}
-            for spi, key in peer.in_keys.items():
-                identity = ("in", peer.router_ip.packed, local.packed, spi, key.material)
-                kept = previous._sas.get(identity)
-                in_sa = kept if isinstance(kept, InboundSA) else _new_inbound(spi, identity, params)
-                sas[identity] = in_sa
-                in_sas[spi] = in_sa
-                sad.add(peer.router_ip, local, in_sa)
-            old_path = previous._by_router.get(peer.router_ip.packed)
-            stats = old_path.stats if old_path is not None else PeerStats()
-            paths.append(PeerPath(peer, out_sa, in_sas, stats))
-        return cls(local_router_ip=local, paths=tuple(paths), sas=sas, sad=sad, counts=previous.counts)
-
-    def retired_from(self, previous: IPsecTables) -> list[OutboundSA | InboundSA]:
-        """SAs of `previous` that this generation no longer holds."""
-        return [sa for identity, sa in previous._sas.items() if self._sas.get(identity) is not sa]
-
-    def sa_counters(self) -> list[Counters]:
-        """The counters of every SA of this generation."""
-        return [sa.counters for sa in self._sas.values()]
+        with ledger.all_or_nothing():
+            for peer in state.peers:
+                out_sa = None
+                out_keys = dict(peer.standby_out_keys)
+                if peer.out_spi is not None and peer.out_key is not None:
+                    out_keys[peer.out_spi] = peer.out_key
+                for spi, key in out_keys.items():
+                    identity = ("out", local.packed, peer.router_ip.packed, spi, key.material)
+                    make_out = partial(_new_outbound, spi, identity, params)
+                    sa = ledger.outbound(identity[1:4], key.material, make_out)
+                    sas[identity] = sa
+                    if spi == peer.out_spi:
+                        out_sa = sa
+                in_sas = {}
+                for spi, key in peer.in_keys.items():
+                    identity = ("in", peer.router_ip.packed, local.packed, spi, key.material)
+                    make_in = partial(_new_inbound, spi, identity, params)
+                    in_sa = ledger.inbound(identity[1:4], key.material, make_in)
+                    sas[identity] = in_sa
+                    in_sas[spi] = in_sa
+                    sad.add(peer.router_ip, local, in_sa)
+                old_path = previous._by_router.get(peer.router_ip.packed)
+                stats = old_path.stats if old_path is not None else PeerStats()
+                paths.append(PeerPath(peer, out_sa, in_sas, stats))
+        return cls(local_router_ip=local, paths=tuple(paths), sas=sas, sad=sad, counts=previous.counts,
+                   ledger=ledger)
 
     def keys_in_use(self) -> int:
         """Distinct keys over all SAs, as Cilium counts XFRM states' keys."""
