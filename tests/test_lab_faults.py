@@ -219,7 +219,7 @@ def test_etcd_restart_agents_reconnect_and_follow_changes(ready_lab: Lab, tmp_pa
 
     eventually(outage_seen, 15.0, "every agent reports the store unreachable")
     restarted = start_etcd(root)
-    assert restarted.unix_url == lab.info.store
+    assert restarted.client_url == lab.info.store
 
     # A change made after the restart reaches every agent only through a watch that reconnected.
     with connect(lab.info) as store:

@@ -63,7 +63,7 @@ def store_endpoint(paths: LabPaths) -> str:
     if info is None:
         raise LabError(f"lab {paths.name}: its etcd is not running; `ciphermesh lab down --name {paths.name}`"
                        " cleans up, then `lab up` starts afresh")
-    return info.unix_url
+    return info.client_url
 
 
 def load_lab(name: str) -> LabInfo:
@@ -141,7 +141,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     write_private(paths.values, yaml.safe_dump(values.as_tree(), sort_keys=False))
     progress("starting etcd")
     etcd = start_etcd(paths.root)
-    store_url = etcd.unix_url
+    store_url = etcd.client_url
     with EtcdStore.connect(store_url, name) as store:
         if values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec":
             secret_name = values.text("encryption.ipsec.secretName")

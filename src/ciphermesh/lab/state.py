@@ -74,6 +74,8 @@ class LabPaths:
     def create(self) -> None:
         for directory in (self.root, self.etcd_dir, self.logs, self.pids, self.pod_dir()):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The store's socket is in here: only who may read the key may enter.
+        self.root.chmod(0o700)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_private(self.manifest, json.dumps(manifest, indent=2) + "\n")
