@@ -43,6 +43,11 @@ class LabPaths:
         return cls(check_lab_name(name), lab_root() / name)
 
     @property
+    def marker(self) -> str:
+        """The value of `CIPHERMESH_LAB` on the lab's daemons: its state directory, absolute."""
+        return str(self.root.absolute())
+
+    @property
     def manifest(self) -> Path:
         return self.root / "lab.json"
 
