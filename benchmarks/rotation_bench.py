@@ -22,7 +22,8 @@ from typing import Any
 
 from ciphermesh.config import load_values
 from ciphermesh.keys import next_key_id, parse_secret
-from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, lab_down, lab_up
+from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, lab_up
+from ciphermesh.lab.down import lab_down
 from ciphermesh.lab.rotation_progress import follow_rotation, rotation_progress
 from ciphermesh.store.base import StoreEvent
 from ciphermesh.store.model import KeySecret, Node

@@ -1,4 +1,4 @@
-"""Test helpers: a real etcd in a temp dir (always stopped), and a TCP proxy that can cut a client off."""
+"""Test helpers: a real etcd in a temp dir (always stopped), and a proxy that can cut a client off."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ciphermesh.store.etcd_process import EtcdInfo, start_etcd, stop_etcd
 
 
 class EtcdFixture:
-    """A running etcd for one test; `restart` keeps its data and its ports."""
+    """A running etcd for one test; `restart` keeps its data and its socket."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -55,11 +55,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; `cut` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to etcd's `unix://PATH`; `cut` drops every connection, refuses new ones."""
 
     def __init__(self, target_url: str) -> None:
-        host, port = target_url.removeprefix("http://").rsplit(":", 1)
-        self._target = (host, int(port))
+        self._target = target_url.removeprefix("unix://")
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._open = threading.Event()
@@ -77,9 +76,11 @@ class TcpProxy:
             if not self._open.is_set():
                 client.close()
                 continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                upstream = socket.create_connection(self._target)
+                upstream.connect(self._target)
             except OSError:
+                upstream.close()
                 client.close()
                 continue
             with self._lock:

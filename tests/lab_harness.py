@@ -23,7 +23,8 @@ from typing import Any
 
 from ciphermesh.cli.main import main
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabInfo, lab_down, load_lab
+from ciphermesh.lab.cluster import LabInfo, load_lab
+from ciphermesh.lab.down import lab_down
 from ciphermesh.lab.names import is_lab_netns, underlay_netns
 from ciphermesh.lab.pod_registry import PodRecord, get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile

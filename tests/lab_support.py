@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 from ciphermesh.config import load_values
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabInfo, lab_down, lab_up
+from ciphermesh.lab.cluster import LabInfo, lab_up
+from ciphermesh.lab.down import lab_down
 
 IPSEC = ("encryption.enabled=true", "encryption.type=ipsec")
 

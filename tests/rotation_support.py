@@ -19,7 +19,8 @@ from typing import IO, Any, TypeVar
 
 from ciphermesh.config import load_values
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabInfo, lab_down, lab_up, pod_cidr_of
+from ciphermesh.lab.cluster import LabInfo, lab_up, pod_cidr_of
+from ciphermesh.lab.down import lab_down
 from ciphermesh.lab.names import underlay_netns
 from ciphermesh.lab.pod_registry import PodRecord, run_pod
 from ciphermesh.lab.rotation_progress import RotationTimeline, follow_rotation

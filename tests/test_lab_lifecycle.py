@@ -1,5 +1,5 @@
-"""Real labs through their life: bad input refused before anything is built, a pool too small, the
-leftovers of a crashed lab, `lab down` that is idempotent and touches nothing else, and a lab without
+"""Real labs through their life: bad input refused before anything is built, a pool too small, a crashed
+lab brought back by `lab up`, `lab down` that is idempotent and touches nothing else, and a lab without
 encryption whose plaintext the underlay capture does see."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths, lab_root
 from ciphermesh.store.etcd_process import read_record
 from lab_harness import (
+    IPSEC,
     UnderlayCapture,
     analyse,
     assert_lab_gone,
@@ -119,7 +120,7 @@ def _sigkill_everything(lab: str) -> set[int]:
     return daemons
 
 
-def test_leftovers_of_a_crashed_lab_are_refused_then_cleaned_up() -> None:
+def test_a_crashed_lab_is_brought_back_by_lab_up_and_removed_by_lab_down() -> None:
     lab = unique_lab()
     with lab_guard(lab):
         before = host_snapshot()
@@ -133,20 +134,23 @@ def test_leftovers_of_a_crashed_lab_are_refused_then_cleaned_up() -> None:
         left = netns.lab_residue(lab)
         assert len(left.namespaces) == 4 and sleeper in left.pids
 
-        line = error_line(run_cli("lab", "up", "--name", lab, "--nodes", "2"))
-        assert f"`ciphermesh lab down --name {lab}`" in line and "left things behind" in line, line
+        # Other settings are refused, and touch nothing; the same ones bring back what is missing.
+        line = error_line(run_cli("lab", "up", "--name", lab, "--nodes", "2", *IPSEC))
+        assert f"`ciphermesh lab down --name {lab}`" in line and "already up" in line, line
         assert netns.lab_residue(lab) == left
         assert lab_pids(lab) == {sleeper}
+
+        again = run_cli("lab", "up", "--name", lab, "--nodes", "2")
+        assert again.returncode == 0, again.stderr
+        assert "restarted etcd, the agent of node-1, the agent of node-2, the operator" in again.stderr
+        assert all(node["agent"] == "ready" for node in node_entries(lab).values())
+        assert pid_alive(sleeper)
 
         pids = lab_pids(lab)
         for _ in range(2):
             down = run_cli("lab", "down", "--name", lab)
             assert down.returncode == 0 and down.stdout == f"lab {lab} is down\n", down.stderr
             assert_lab_gone(lab, pids, before)
-
-        again = run_cli("lab", "up", "--name", lab, "--nodes", "2")
-        assert again.returncode == 0, again.stderr
-        assert all(node["agent"] == "ready" for node in node_entries(lab).values())
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from ciphermesh.store.etcd_process import (
     start_etcd,
     stop_etcd,
 )
-from etcd_support import EtcdFixture, etcd
+from etcd_support import EtcdFixture, etcd, wait_for
 
 __all__ = ["etcd"]
 
@@ -33,15 +34,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_start_records_a_loopback_endpoint_and_stop_ends_the_process(etcd: EtcdFixture) -> None:
+def test_start_records_a_unix_endpoint_and_stop_ends_the_process(etcd: EtcdFixture) -> None:
     record = json.loads((etcd.state_dir / "etcd" / "etcd.json").read_text())
     assert record["client_url"] == etcd.url
-    assert etcd.url.startswith("http://127.0.0.1:")
-    assert record["peer_url"].startswith("http://127.0.0.1:")
+    socket_path = etcd.state_dir.absolute() / "etcd" / "client.sock:0"
+    assert etcd.url == f"unix://{socket_path}"
+    assert record["peer_url"] == f"unix://{socket_path.with_name('peer.sock:0')}"
     assert client_url(etcd.state_dir) == etcd.url
     data_dir = Path(record["data_dir"])
-    assert data_dir.parent == etcd.state_dir / "etcd"
-    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert data_dir.parent == etcd.state_dir.absolute() / "etcd"
+    for private in (data_dir, data_dir.parent):
+        assert private.stat().st_mode & 0o777 == 0o700
+    # etcd runs with umask 077: even its sockets are its owner's only.
+    assert stat.S_ISSOCK(socket_path.stat().st_mode) and socket_path.stat().st_mode & 0o077 == 0
     with EtcdClient(etcd.url) as client:
         assert client.health()
     assert stop_etcd(etcd.state_dir) is True
@@ -52,7 +57,18 @@ def test_start_records_a_loopback_endpoint_and_stop_ends_the_process(etcd: EtcdF
         client_url(etcd.state_dir)
 
 
-def test_restart_keeps_data_and_ports(etcd: EtcdFixture) -> None:
+def test_etcd_has_no_tcp_listener(etcd: EtcdFixture) -> None:
+    inodes = {os.readlink(f"/proc/{etcd.info.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{etcd.info.pid}/fd")}
+    listening = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{etcd.info.pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                listening.add(f"socket:[{fields[9]}]")
+    assert not inodes & listening
+
+
+def test_restart_keeps_data_and_endpoint(etcd: EtcdFixture) -> None:
     with EtcdClient(etcd.url) as client:
         client.put(b"/k", b"kept")
     before = etcd.url
@@ -63,14 +79,23 @@ def test_restart_keeps_data_and_ports(etcd: EtcdFixture) -> None:
     assert kv is not None and kv.value == b"kept"
 
 
-def test_restart_picks_new_ports_when_the_old_one_is_taken(etcd: EtcdFixture) -> None:
-    old_port = int(etcd.url.rsplit(":", 1)[1])
-    etcd.stop()
-    with socket.create_server(("127.0.0.1", old_port)):
-        etcd.start()
-        assert etcd.url != f"http://127.0.0.1:{old_port}"
-        with EtcdClient(etcd.url) as client:
-            assert client.health()
+def test_a_killed_etcd_restarts_over_its_stale_sockets(etcd: EtcdFixture) -> None:
+    with EtcdClient(etcd.url) as client:
+        client.put(b"/k", b"kept")
+    os.kill(etcd.info.pid, signal.SIGKILL)
+    wait_for(lambda: running_etcd(etcd.state_dir) is None, 5.0, "etcd dead")
+    assert (etcd.state_dir / "etcd" / "client.sock:0").exists()
+    etcd.start()
+    with EtcdClient(etcd.url) as client:
+        kv = client.get(b"/k")
+    assert kv is not None and kv.value == b"kept"
+
+
+def test_a_state_dir_too_deep_for_a_socket_is_a_clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(EtcdProcessError, match=r"^etcd's socket path \S+ is longer than the 107 bytes"):
+        start_etcd(deep)
+    assert not deep.exists()
 
 
 def test_second_start_is_refused_or_replaces(etcd: EtcdFixture) -> None:
@@ -107,8 +132,8 @@ def test_a_recorded_pid_that_is_not_our_etcd_is_left_alone(tmp_path: Path) -> No
     try:
         record = {
             "pid": sleeper.pid,
-            "client_url": "http://127.0.0.1:1",
-            "peer_url": "http://127.0.0.1:2",
+            "client_url": f"unix://{state}/etcd/client.sock:0",
+            "peer_url": f"unix://{state}/etcd/peer.sock:0",
             "data_dir": str(state / "etcd" / "data"),
             "log_file": str(state / "etcd" / "etcd.log"),
         }

@@ -14,7 +14,8 @@ from rich.table import Table
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabError, encryption_words, lab_down, lab_up, load_lab
+from ciphermesh.lab.cluster import LabError, encryption_words, lab_up, load_lab
+from ciphermesh.lab.down import lab_down
 from ciphermesh.lab.pod_registry import delete_pod_record, list_pod_records, pod_command, run_pod
 from ciphermesh.lab.state import LabNameError
 
@@ -44,7 +45,7 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     try:
         lab_down(args.name, _progress)
-    except LabNameError as exc:
+    except (LabError, LabNameError) as exc:
         raise CliError(str(exc)) from None
     print(f"lab {args.name} is down")
     return 0
@@ -122,7 +123,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = sub.add_parser("lab", help="a cluster on this machine: namespaces as nodes, a bridge as network")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
 
-    up = lab_sub.add_parser("up", help="build the lab and wait until every node reaches every other")
+    up = lab_sub.add_parser("up", help="build the lab (or restart what is missing of it, same settings) and "
+                            "wait until every node reaches every other")
     _name(up)
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     add_values_arguments(up)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -16,15 +14,17 @@ import yaml
 
 from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.status_socket import query_status
-from ciphermesh.config import Values, load_values
+from ciphermesh.config import MASK_KEY, POOL_KEY, Values, load_values
+from ciphermesh.config.schema import BY_PATH
 from ciphermesh.keys import generate_line
 from ciphermesh.lab import netns, topology
 from ciphermesh.lab.names import node_netns
-from ciphermesh.lab.processes import kill_netns_processes, read_pidfile, start_daemon, stop_daemon
+from ciphermesh.lab.processes import LAB_MARKER, marked_pids, read_pidfile, start_daemon
+from ciphermesh.lab.recovery import recover_manifest
 from ciphermesh.lab.state import LabPaths, write_private
-from ciphermesh.operator.ipam import MASK_KEY, POOL_KEY, ClusterPool, IPAMConfigError
+from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import Expect
-from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
+from ciphermesh.store.etcd_process import running_etcd, start_etcd
 from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 
@@ -63,17 +63,17 @@ class LabInfo:
 def store_endpoint(paths: LabPaths) -> str:
     info = running_etcd(paths.root)
     if info is None:
-        raise LabError(f"lab {paths.name}: its etcd is not running; `ciphermesh lab down --name {paths.name}`"
-                       " cleans up, then `lab up` starts afresh")
-    return info.unix_url
+        raise LabError(f"lab {paths.name}: its etcd is not running; `ciphermesh lab up --name {paths.name}` "
+                       "with the same settings restarts it, keeping the lab's data")
+    return info.client_url
 
 
 def load_lab(name: str) -> LabInfo:
-    """The running lab called `name`, or LabError saying there is none."""
+    """The running lab called `name`, or LabError saying there is none or what of it is missing."""
     paths = LabPaths.of(name)
     manifest = paths.read_manifest()
     if manifest is None:
-        raise LabError(f"no lab named {name!r} is up (start one with `ciphermesh lab up --name {name}`)")
+        manifest = _recovered_manifest(paths)
     return LabInfo(
         name=name,
         nodes=tuple(manifest["nodes"]),
@@ -82,6 +82,26 @@ def load_lab(name: str) -> LabInfo:
         store=manifest["store"],
         paths=paths,
     )
+
+
+def _recovered_manifest(paths: LabPaths) -> dict[str, Any]:
+    """`lab.json` rebuilt from the lab's namespaces (and written again), or LabError saying what is lost."""
+    name = paths.name
+    manifest = recover_manifest(paths)
+    if manifest is None:
+        if netns.lab_residue(name) or marked_pids(paths.marker):
+            raise LabError(f"lab {name} is not up but left things behind; "
+                           f"`ciphermesh lab down --name {name}` removes them")
+        raise LabError(f"no lab named {name!r} is up (start one with `ciphermesh lab up --name {name}`)")
+    if not paths.root.is_dir():
+        raise LabError(f"lab {name}: its state directory {paths.root} is gone (with its etcd data) while its "
+                       f"namespaces remain; `ciphermesh lab down --name {name}` removes the rest")
+    if not paths.values.exists():
+        raise LabError(f"lab {name}: {paths.manifest} and {paths.values} are lost; `ciphermesh lab up --name "
+                       f"{name} --nodes {len(manifest['nodes'])}` with the settings it was started with "
+                       "writes them again")
+    paths.write_manifest(manifest)
+    return manifest
 
 
 def connect(info: LabInfo) -> Store:
@@ -102,22 +122,34 @@ def encryption_words(values: Values) -> str:
     return " + ".join(words)
 
 
-def _refuse_leftovers(paths: LabPaths, values: Values) -> None:
-    residue = netns.lab_residue(paths.name)
-    if paths.root.exists() or residue.namespaces or residue.pids:
-        running = paths.read_manifest() is not None and running_etcd(paths.root) is not None
-        if running and paths.values.exists():
-            now, asked = encryption_words(load_values(files=[str(paths.values)])), encryption_words(values)
-            if now != asked:
-                # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
-                raise LabError(f"lab {paths.name} is already up, with {now}; switching a running lab to "
-                               f"{asked} is not supported: run `ciphermesh lab down --name {paths.name}` "
-                               "first, then `lab up` again")
-        state = "is already up" if running else "left things behind (a crash?)"
-        found = ", ".join(residue.namespaces[:4]) or str(paths.root)
-        raise LabError(
-            f"lab {paths.name} {state}: {found}; run `ciphermesh lab down --name {paths.name}` first"
-        )
+def _existing(paths: LabPaths, values: Values, nodes: int) -> dict[str, Any] | None:
+    """The record of the lab already there, if `lab up` with these settings may repair it; None if none is.
+
+    LabError if it runs with other settings, or left too little behind to be brought back.
+    """
+    name = paths.name
+    if not paths.root.exists() and not netns.lab_residue(name) and not marked_pids(paths.marker):
+        return None
+    manifest = paths.read_manifest() or (recover_manifest(paths) if paths.root.is_dir() else None)
+    if manifest is None or not (paths.etcd_dir / "data" / "member").is_dir():
+        found = ", ".join(netns.lab_residue(name).namespaces[:4]) or str(paths.root)
+        raise LabError(f"lab {name} left things behind (a crash?): {found}; run `ciphermesh lab down --name "
+                       f"{name}` first")
+    if paths.values.exists():
+        now = load_values(files=[str(paths.values)])
+        words, asked = encryption_words(now), encryption_words(values)
+        if words != asked:
+            # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
+            raise LabError(f"lab {name} is already up, with {words}; switching a running lab to {asked} is "
+                           f"not supported: run `ciphermesh lab down --name {name}` first, then `lab up` "
+                           "again")
+        changed = [path for path in BY_PATH if now.get(path) != values.get(path)]
+        had = len(manifest["nodes"])
+        if changed or had != nodes:
+            what = ", ".join(changed) if changed else f"--nodes {nodes} where it has {had}"
+            raise LabError(f"lab {name} is already up with other settings ({what}); run `ciphermesh lab down "
+                           f"--name {name}` first, then `lab up` again")
+    return manifest
 
 
 def _check_pool(values: Values) -> None:
@@ -129,7 +161,8 @@ def _check_pool(values: Values) -> None:
 
 
 def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo:
-    """Build the lab and return once every agent is ready and every node reaches every other."""
+    """Build the lab, or bring back what is missing of it (same settings, data kept), and wait until every
+    agent is ready and every node reaches every other."""
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
     try:
@@ -138,44 +171,57 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
         raise LabError(str(exc)) from None
     _check_pool(values)
     paths = LabPaths.of(name)
-    _refuse_leftovers(paths, values)
+    existing = _existing(paths, values, nodes)
+    restarted: list[str] = []
     paths.create()
     write_private(paths.values, yaml.safe_dump(values.as_tree(), sort_keys=False))
-    progress("starting etcd")
-    etcd = start_etcd(paths.root)
-    store_url = etcd.unix_url
-    with open_store(store_url, name) as store:
+    etcd = running_etcd(paths.root)
+    if etcd is None:
+        progress("starting etcd")
+        etcd = start_etcd(paths.root, env={LAB_MARKER: paths.marker})
+        restarted.append("etcd")
+    with open_store(etcd.client_url, name) as store:
         if values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec":
             secret_name = values.text("encryption.ipsec.secretName")
             if store.get_key_secret(name=secret_name) is None:
                 line = generate_line()
                 store.put_key_secret(line.format(reveal=True), name=secret_name, expect=Expect.ABSENT)
                 progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
-    subnet = topology.choose_subnet(topology.host_networks())
+    subnet = IPv4Network(existing["subnet"]) if existing else topology.choose_subnet(topology.host_networks())
     plan = topology.plan_topology(name, nodes, subnet)
-    progress(f"building {nodes} node namespaces on {subnet}")
+    progress(f"{'checking' if existing else 'building'} {nodes} node namespaces on {subnet}")
     topology.build(plan)
     info = LabInfo(
         name=name,
         nodes=tuple(node.name for node in plan.nodes),
         node_ips={node.name: str(node.ip) for node in plan.nodes},
         subnet=str(subnet),
-        store=store_url,
+        store=etcd.client_url,
         paths=paths,
     )
+    created = existing["created"] if existing else time.time()
     paths.write_manifest({"name": name, "nodes": list(info.nodes), "nodeIPs": info.node_ips,
-                          "subnet": info.subnet, "store": store_url, "created": time.time()})
-    common = ["--store", store_url, "--cluster", name, "-f", str(paths.values)]
+                          "subnet": info.subnet, "store": info.store, "created": created})
     timeout = READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes
-    progress(f"starting {nodes} agents")
-    for node in plan.nodes:
-        start_agent(info, node.name)
-    # The operator comes once every node is registered, so its first pass hands out the pool in node
-    # order: node-i gets the i-th block every time, and a pool too small refuses the last nodes.
-    _wait_registered(info, timeout)
-    progress("starting the operator; waiting until every node reaches every other")
-    start_daemon(_daemon_argv("operator", *common), pidfile=paths.pids / "operator.pid",
-                 log=paths.logs / "operator.log")
+    missing = [node for node in info.nodes if agent_pid(info, node) is None]
+    if missing:
+        progress(f"starting {len(missing)} agents")
+    for node in missing:
+        start_agent(info, node)
+    restarted += [f"the agent of {node}" for node in missing]
+    if read_pidfile(paths.pids / "operator.pid") is None:
+        # The operator comes once every node is registered, so its first pass hands out the pool in node
+        # order: node-i gets the i-th block every time, and a pool too small refuses the last nodes.
+        _wait_registered(info, timeout)
+        progress("starting the operator")
+        common = ["--store", info.store, "--cluster", name, "-f", str(paths.values)]
+        start_daemon(_daemon_argv("operator", *common), pidfile=paths.pids / "operator.pid",
+                     log=paths.logs / "operator.log", marker=paths.marker)
+        restarted.append("the operator")
+    if existing:
+        progress(f"lab {name} was there: restarted {', '.join(restarted)}" if restarted
+                 else f"lab {name} was already up: nothing was missing")
+    progress("waiting until every node reaches every other")
     wait_ready(info, timeout=timeout)
     return info
 
@@ -198,7 +244,8 @@ def start_agent(info: LabInfo, node: str, values: Path | None = None) -> int:
         "--status-socket", str(info.paths.agent_socket(node)), "--state-dir", str(info.paths.node_dir(node)),
     )
     return start_daemon(argv, pidfile=info.paths.pids / f"agent-{node}.pid",
-                        log=info.paths.logs / f"agent-{node}.log", netns=info.netns_of(node))
+                        log=info.paths.logs / f"agent-{node}.log", netns=info.netns_of(node),
+                        marker=info.paths.marker)
 
 
 def agent_pid(info: LabInfo, node: str) -> int | None:
@@ -258,24 +305,6 @@ def _not_ready_reason(node: str, status: dict[str, Any] | None, peers: int) -> s
     if status.get("agent") == "ready":
         return f"{node}: reaches {health.get('reachable', 0)}/{peers} peers"
     return f"{node}: {status.get('agent')}"
-
-
-def lab_down(name: str, progress: Progress) -> None:
-    """Remove everything the lab made: processes, namespaces, etcd, state. Idempotent."""
-    paths = LabPaths.of(name)
-    pidfiles = sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []
-    # All at once: each daemon takes a moment to shut down cleanly, and they do not wait for each other.
-    with ThreadPoolExecutor(max_workers=max(1, len(pidfiles))) as pool:
-        list(pool.map(stop_daemon, pidfiles))
-    for namespace in netns.lab_residue(name).namespaces:
-        kill_netns_processes(namespace)
-    removed = topology.teardown(name)
-    if removed:
-        progress(f"removed {len(removed)} namespaces")
-    if paths.root.exists():
-        stop_etcd(paths.root)
-        shutil.rmtree(paths.root, ignore_errors=True)
-        progress(f"removed {paths.root}")
 
 
 def pod_cidr_of(info: LabInfo, node: str) -> tuple[IPv4Network, int]:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from ciphermesh.lab.state import write_private
 
+# Set on every daemon a lab starts, to the lab's state directory: `lab down` finds them by it even when
+# their pid files are gone (children inherit it, so whatever a daemon spawns is found too).
+LAB_MARKER = "CIPHERMESH_LAB"
+
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks: with the pid, it tells a process from a later reuse."""
@@ -33,9 +37,15 @@ def start_daemon(
     netns: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    marker: str | None = None,
 ) -> int:
-    """Start `argv` in its own session (inside `netns` if given), output to `log`; return its pid."""
+    """Start `argv` in its own session (inside `netns` if given), output to `log`; return its pid.
+
+    With `marker`, the process carries `CIPHERMESH_LAB=<marker>` in its environment (see `marked_pids`).
+    """
     command = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    if marker is not None:
+        env = {**(os.environ if env is None else env), LAB_MARKER: marker}
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log, "ab") as out:
         process = subprocess.Popen(
@@ -115,7 +125,37 @@ def pids_in_netns(netns: str) -> list[int]:
 
 def kill_netns_processes(netns: str, timeout: float = 3.0) -> None:
     """Stop everything still running inside `netns`, so the namespace can really go away."""
-    pids = pids_in_netns(netns)
+    kill_pids(pids_in_netns(netns), timeout)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Every live process (but this one) whose environment has `CIPHERMESH_LAB=<marker>`."""
+    wanted = f"{LAB_MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def process_name(pid: int) -> str:
+    """What `ps` shows as the command (its first words), for messages."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    words = [word for word in argv if word][:4]
+    return " ".join(words) or "?"
+
+
+def kill_pids(pids: Sequence[int], timeout: float = 3.0) -> None:
+    """SIGTERM every one at once, then SIGKILL what is left after `timeout`."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -126,3 +166,6 @@ def kill_netns_processes(netns: str, timeout: float = 3.0) -> None:
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.02)

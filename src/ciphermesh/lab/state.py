@@ -43,6 +43,11 @@ class LabPaths:
         return cls(check_lab_name(name), lab_root() / name)
 
     @property
+    def marker(self) -> str:
+        """The value of `CIPHERMESH_LAB` on the lab's daemons: its state directory, absolute."""
+        return str(self.root.absolute())
+
+    @property
     def manifest(self) -> Path:
         return self.root / "lab.json"
 
@@ -74,6 +79,8 @@ class LabPaths:
     def create(self) -> None:
         for directory in (self.root, self.etcd_dir, self.logs, self.pids, self.pod_dir()):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The store's socket is in here: only who may read the key may enter.
+        self.root.chmod(0o700)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_private(self.manifest, json.dumps(manifest, indent=2) + "\n")

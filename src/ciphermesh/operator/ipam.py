@@ -11,9 +11,6 @@ from ipaddress import IPv4Network
 
 from ciphermesh.config import MASK_KEY, POOL_KEY
 
-# POOL_KEY and MASK_KEY are config's; they stay exported here only while lab.cluster imports them from here.
-__all__ = ["MASK_KEY", "MAX_MASK_SIZE", "POOL_KEY", "ClusterPool", "IPAMConfigError"]
-
 # A /31 or /32 block has no pod address left once network and broadcast are reserved.
 MAX_MASK_SIZE = 30
 

@@ -546,6 +546,9 @@ def _header_revision(reply: dict[str, Any]) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(exc, FileNotFoundError):
+        # A unix endpoint whose etcd stopped: etcd removes its socket on the way out.
+        return "connection refused: no socket at that path"
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc).splitlines()[0] if str(exc) else ""

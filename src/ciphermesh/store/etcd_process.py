@@ -1,21 +1,23 @@
 """Run a real etcd (Debian's etcd-server 3.4) for a lab, with its data and record in the lab's state dir.
 
-Layout under `<state_dir>/etcd/`: `data/` (etcd's data dir, 0700), `etcd.json` (pid, client and peer
-URLs, written as soon as the process exists so a crashed run can still be stopped; it stays after a
-stop, and a pid counts as ours only while alive with our data dir on its command line) and `etcd.log`.
-A restart on the same state dir reuses the recorded ports when they are free, so clients reconnect.
-etcd 3.4 has no `--unsafe-no-fsync` (3.5 added it): writes are fsynced.
+Layout under `<state_dir>/etcd/` (0700): `data/` (etcd's data dir), `client.sock:0` and `peer.sock:0` (its
+only listeners: unix sockets, so only who may enter this directory reaches the store; there is no TCP
+listener for anyone on the machine to use), `etcd.json` (pid and URLs, written as soon as the process
+exists so a crashed run can still be stopped; it stays after a stop, and a pid counts as ours only while
+alive with our data dir on its command line) and `etcd.log`. A restart listens on the same socket path,
+so clients reconnect. etcd 3.4 has no `--unsafe-no-fsync` (3.5 added it): writes are fsynced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +26,14 @@ from ciphermesh.store.etcd_client import EtcdClient
 ETCD_BINARY = "etcd"
 DEFAULT_START_TIMEOUT = 20.0
 DEFAULT_STOP_TIMEOUT = 10.0
-_PORT_ATTEMPTS = 3
 _RECORD = "etcd.json"
 _LOG_TAIL_BYTES = 4096
+# etcd 3.4 takes a unix listener only as `unix://host:port` and binds the file `host:port` in its working
+# directory: the names below, in the etcd directory.
+_CLIENT_SOCKET = "client.sock:0"
+_PEER_SOCKET = "peer.sock:0"
+# sun_path holds 108 bytes with the terminating NUL; clients connect by the absolute path.
+_MAX_SOCKET_PATH = 107
 
 # Popen handles of etcds this process started, so stopping one also reaps it.
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -47,24 +54,25 @@ class EtcdInfo:
     peer_url: str
     data_dir: str
     log_file: str
-    unix_socket: str = ""
-
-    @property
-    def unix_url(self) -> str:
-        """The client endpoint on a unix socket: reachable from every network namespace."""
-        return f"unix://{self.unix_socket}" if self.unix_socket else self.client_url
 
 
 def etcd_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "etcd"
 
 
+def client_endpoint(state_dir: Path) -> str:
+    """The URL clients use for the state dir's etcd, running or not: `unix://` and the socket's path."""
+    return f"unix://{(etcd_dir(state_dir) / _CLIENT_SOCKET).absolute()}"
+
+
 def read_record(state_dir: Path) -> EtcdInfo | None:
     """What the last start recorded, whether or not that etcd still runs."""
     try:
         raw = json.loads((etcd_dir(state_dir) / _RECORD).read_text())
-        return EtcdInfo(**raw)
-    except (OSError, ValueError, TypeError):
+        # Fields a record of an older version has and this one does not are no reason to lose the pid.
+        known = {field.name for field in dataclasses.fields(EtcdInfo)}
+        return EtcdInfo(**{k: v for k, v in raw.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -87,53 +95,37 @@ def client_url(state_dir: Path) -> str:
 def start_etcd(
     state_dir: Path,
     *,
-    host: str = "127.0.0.1",
     name: str = "ciphermesh",
     binary: str = ETCD_BINARY,
     timeout: float = DEFAULT_START_TIMEOUT,
     replace_running: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> EtcdInfo:
-    """Start etcd with its data in `state_dir` and wait until it is healthy."""
+    """Start etcd with its data in `state_dir` and wait until it is healthy; `env`: variables to add."""
     running = running_etcd(state_dir)
     if running is not None:
         if not replace_running:
             raise EtcdAlreadyRunningError(f"etcd for {state_dir} is already running (pid {running.pid})")
         stop_etcd(state_dir)
     directory = etcd_dir(state_dir).absolute()
+    socket_path = directory / _CLIENT_SOCKET
+    if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+        raise EtcdProcessError(f"etcd's socket path {socket_path} is longer than the {_MAX_SOCKET_PATH} "
+                               "bytes a unix socket allows: use a shorter state directory")
     data_dir = directory / "data"
-    directory.mkdir(parents=True, exist_ok=True)
-    data_dir.mkdir(mode=0o700, exist_ok=True)
-    data_dir.chmod(0o700)
-    previous = read_record(state_dir)
-    preferred = _recorded_ports(previous, host) if previous is not None and any(data_dir.iterdir()) else None
-    for attempt in range(_PORT_ATTEMPTS):
-        ports = (
-            preferred if attempt == 0 and preferred and all(_port_free(host, p) for p in preferred) else None
-        )
-        client_port, peer_port = ports or _free_ports(host, 2)
-        info, proc = _spawn(
-            binary=binary,
-            name=name,
-            host=host,
-            client_port=client_port,
-            peer_port=peer_port,
-            data_dir=data_dir,
-            directory=directory,
-        )
-        failure = _wait_healthy(info, proc, timeout)
-        if failure is None:
-            return info
+    for private in (directory, data_dir):
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.chmod(0o700)
+    info, proc = _spawn(binary=binary, name=name, data_dir=data_dir, directory=directory, extra_env=env or {})
+    failure = _wait_healthy(info, proc, timeout)
+    if failure is not None:
         _stop_pid(info.pid, DEFAULT_STOP_TIMEOUT)
-        if "address already in use" not in failure:
-            raise EtcdProcessError(failure)
-    raise EtcdProcessError(f"etcd could not bind free loopback ports after {_PORT_ATTEMPTS} attempts")
+        raise EtcdProcessError(failure)
+    return info
 
 
 def stop_etcd(state_dir: Path, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
-    """Stop the state dir's etcd (SIGTERM, then SIGKILL); True if one was running.
-
-    The data and the record stay, so the next start reuses the same ports.
-    """
+    """Stop the state dir's etcd (SIGTERM, then SIGKILL); True if one was running. Data and record stay."""
     info = running_etcd(state_dir)
     if info is None:
         return False
@@ -142,20 +134,20 @@ def stop_etcd(state_dir: Path, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool
 
 
 def _spawn(
-    *, binary: str, name: str, host: str, client_port: int, peer_port: int, data_dir: Path, directory: Path
+    *, binary: str, name: str, data_dir: Path, directory: Path, extra_env: Mapping[str, str]
 ) -> tuple[EtcdInfo, subprocess.Popen[bytes]]:
-    client = f"http://{host}:{client_port}"
-    peer = f"http://{host}:{peer_port}"
+    client = f"unix://{_CLIENT_SOCKET}"
+    peer = f"unix://{_PEER_SOCKET}"
     log_file = directory / "etcd.log"
-    # etcd names a unix listener's socket file `host:port`, relative to its working directory.
-    unix_name = f"localhost:{client_port}"
-    with contextlib.suppress(FileNotFoundError):
-        (directory / unix_name).unlink()
+    # A socket file left by an etcd that was killed would make the new one fail to listen.
+    for stale in (_CLIENT_SOCKET, _PEER_SOCKET):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / stale).unlink()
     args = [
         binary,
         f"--name={name}",
         f"--data-dir={data_dir}",
-        f"--listen-client-urls={client},unix://{unix_name}",
+        f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
@@ -170,17 +162,19 @@ def _spawn(
         "--auto-compaction-retention=10000",
     ]
     # ETCD_* variables from the caller's environment would silently override these flags.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")} | dict(extra_env)
     with open(log_file, "ab") as log:
         try:
+            # umask 077: the sockets and every file etcd writes are its owner's only.
             proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
-                cwd=directory,
+                cwd=directory, umask=0o077,
             )
         except OSError as exc:
             raise EtcdProcessError(f"cannot run {binary}: {exc.strerror or exc}") from None
     _children[proc.pid] = proc
-    info = EtcdInfo(proc.pid, client, peer, str(data_dir), str(log_file), str(directory / unix_name))
+    info = EtcdInfo(proc.pid, client_endpoint(directory.parent), f"unix://{directory / _PEER_SOCKET}",
+                    str(data_dir), str(log_file))
     record = directory / _RECORD
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(info), indent=1) + "\n")
@@ -221,35 +215,6 @@ def _last_log_error(log_file: str) -> str:
             detail = entry.get("error")
             return f"{entry.get('msg', '')}: {detail}" if detail else str(entry.get("msg", ""))
     return "no error in its log"
-
-
-def _recorded_ports(info: EtcdInfo, host: str) -> tuple[int, int] | None:
-    try:
-        client_host, client_port = info.client_url.removeprefix("http://").rsplit(":", 1)
-        peer_port = info.peer_url.rsplit(":", 1)[1]
-        return (int(client_port), int(peer_port)) if client_host == host else None
-    except (ValueError, IndexError):
-        return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket())
-            s.bind((host, 0))
-            ports.append(s.getsockname()[1])
-    return ports
 
 
 def _is_our_etcd(info: EtcdInfo) -> bool:

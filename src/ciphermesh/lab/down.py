@@ -1,0 +1,56 @@
+"""`lab down`: stop everything a lab started and remove it, found by pid file, namespace and marker."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+from ciphermesh.lab import netns, topology
+from ciphermesh.lab.cluster import LabError, Progress
+from ciphermesh.lab.processes import (
+    LAB_MARKER,
+    kill_netns_processes,
+    kill_pids,
+    marked_pids,
+    process_name,
+    stop_daemon,
+)
+from ciphermesh.lab.state import LabPaths
+from ciphermesh.store.etcd_process import stop_etcd
+
+
+def lab_down(name: str, progress: Progress) -> None:
+    """Remove everything the lab made: processes, namespaces, etcd, state. Idempotent.
+
+    LabError naming what still runs (or is left) if anything of the lab survived.
+    """
+    paths = LabPaths.of(name)
+    pidfiles = sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []
+    # All at once: each daemon takes a moment to shut down cleanly, and they do not wait for each other.
+    with ThreadPoolExecutor(max_workers=max(1, len(pidfiles))) as pool:
+        list(pool.map(stop_daemon, pidfiles))
+    for namespace in netns.lab_residue(name).namespaces:
+        kill_netns_processes(namespace)
+    # What the pid files no longer name (the state dir lost, a record overwritten): etcd, the operator.
+    strays = marked_pids(paths.marker)
+    if strays:
+        progress(f"stopping {len(strays)} process(es) found by {LAB_MARKER}={paths.marker}")
+        kill_pids(strays)
+    removed = topology.teardown(name)
+    if removed:
+        progress(f"removed {len(removed)} namespaces")
+    if paths.root.exists():
+        stop_etcd(paths.root)
+        shutil.rmtree(paths.root, ignore_errors=True)
+        progress(f"removed {paths.root}")
+    _check_gone(paths)
+
+
+def _check_gone(paths: LabPaths) -> None:
+    residue = netns.lab_residue(paths.name)
+    pids = sorted(set(residue.pids) | set(marked_pids(paths.marker)))
+    left = [f"pid {pid} ({process_name(pid)})" for pid in pids]
+    left += [f"namespace {namespace}" for namespace in residue.namespaces]
+    left += [str(paths.root)] if paths.root.exists() else []
+    if left:
+        raise LabError(f"lab {paths.name} is not down: still there: {', '.join(left)}")
