@@ -126,6 +126,14 @@ def _check_pool(values: Values) -> None:
         raise LabError(str(exc)) from None
 
 
+def _underlay_subnet(values: Values) -> IPv4Network:
+    """A node network free on this machine and outside the pod pool, chosen before anything is built."""
+    try:
+        return topology.choose_subnet(topology.host_networks(), pod_pool=values.cidrs(POOL_KEY))
+    except topology.TopologyError as exc:
+        raise LabError(str(exc)) from None
+
+
 def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo:
     """Build the lab and return once every agent is ready and every node reaches every other."""
     if not 1 <= nodes <= MAX_NODES:
@@ -135,6 +143,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     except UnsupportedModeError as exc:
         raise LabError(str(exc)) from None
     _check_pool(values)
+    subnet = _underlay_subnet(values)
     paths = LabPaths.of(name)
     _refuse_leftovers(paths, values)
     paths.create()
@@ -149,7 +158,6 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
                 line = generate_line()
                 store.put_key_secret(line.format(reveal=True), name=secret_name, expect_revision=0)
                 progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
-    subnet = topology.choose_subnet(topology.host_networks())
     plan = topology.plan_topology(name, nodes, subnet)
     progress(f"building {nodes} node namespaces on {subnet}")
     topology.build(plan)
