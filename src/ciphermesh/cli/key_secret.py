@@ -32,7 +32,7 @@ def _set(args: argparse.Namespace) -> int:
             done = set_key(store, secret_name, text)
     except (KeyLineError, KeyRotationError) as exc:
         raise CliError(f"key not set: {exc}") from None
-    except (NoKeySecretError, StoreError) as exc:
+    except (LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(str(exc)) from None
     if not done.changed:
         print(f"IPsec key unchanged: the secret already holds this key as key ID (SPI) {done.line.key_id}")
@@ -51,7 +51,7 @@ def _rotate(args: argparse.Namespace) -> int:
             f"key not rotated: the stored secret is not valid ({exc}); set a new key with "
             "`ciphermesh encryption key set`"
         ) from None
-    except (NoKeySecretError, StoreError) as exc:
+    except (LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(f"key not rotated: {exc}") from None
     print(f"IPsec key successfully rotated, new key SPI: {line.key_id}")
     return 0
@@ -62,7 +62,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         with connect(info) as store:
             current = current_key(store, secret_name)
-    except (KeyLineError, NoKeySecretError, StoreError) as exc:
+    except (KeyLineError, LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(str(exc)) from None
     shown = current.text if args.reveal else current.line.format(reveal=False)
     if args.output == "json":
