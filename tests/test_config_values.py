@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,17 @@ def test_cli_values_show_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["values", "show", "--set", "encryption.type=esp"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["ciphermesh: encryption.type: 'esp' is not one of ipsec, wireguard"]
+
+
+def test_a_values_file_over_1_mib_is_refused_without_parsing_it(tmp_path: Path) -> None:
+    # Issue 10 item 7: a 50 MB file was parsed for 48 s.
+    big = tmp_path / "big.yaml"
+    big.write_text("encryption:\n  enabled: true\n" + "# padding\n" * (5 << 20))
+    started = time.monotonic()
+    with pytest.raises(ValuesError) as refused:
+        load_values(files=[str(big)])
+    assert str(refused.value) == f"{big}: larger than 1 MiB, the most a values file may be"
+    assert time.monotonic() - started < 2
+    exact = tmp_path / "exact.yaml"
+    exact.write_text("encryption:\n  enabled: true\n".ljust(1 << 20, "#"))
+    assert load_values(files=[str(exact)]).flag("encryption.enabled")

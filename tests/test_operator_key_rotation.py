@@ -43,7 +43,7 @@ def test_set_rotate_show(store: Store) -> None:
     assert (keyid, algo, keysize) == ("1+", "rfc4106(gcm(aes))", "128") and len(psk) == 40
     assert parse_secret(stored.text) == rotated
     recipe = f"{int(keyid.rstrip('+')) + 1}+ {algo} {'ab' * 20} {keysize}"
-    assert set_key(store, SECRET, recipe).key_id == 2
+    assert set_key(store, SECRET, recipe).line.key_id == 2
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_set_key_recovers_from_a_broken_secret(store: Store) -> None:
             with pytest.raises((KeyLineError, NoKeySecretError)):
                 rotate_key(store, SECRET)
             good = generate_line(key_id=4)
-            assert set_key(store, SECRET, good.format(reveal=True)) == good
+            assert set_key(store, SECRET, good.format(reveal=True)).line == good
             assert current_key(store, SECRET).line == good
             set_key(store, SECRET, generate_line(key_id=5).format(reveal=True))
             registration.update(lambda n: replace(n, key_id=3))

@@ -66,7 +66,8 @@ def test_the_documented_recipe_rotates_and_key_set_is_idempotent(tmp_path: Path)
 
         again = lab.cli("encryption", "key", "set", line)
         assert again.returncode == 0, again.stderr
-        assert again.stdout.strip() == "IPsec key set, key ID (SPI): 4"
+        assert again.stdout.strip() == ("IPsec key unchanged: the secret already holds this key as "
+                                        "key ID (SPI) 4")
         assert _revision(info) == (revision, line)
 
         for bad in (f"5+ rfc4106(gcm(aes)) {'zz' * 20} 128",

@@ -44,6 +44,22 @@ def test_subnet_avoids_host_routes_but_ignores_default() -> None:
         choose_subnet([IPv4Network("172.16.0.0/12")])
 
 
+def test_the_underlay_avoids_the_pod_pool_and_is_refused_only_when_it_cannot() -> None:
+    # Issue 10 item 4: a pool over 172.18.0.0/16 put node-1's pod CIDR on the node network itself.
+    assert choose_subnet([], pod_pool=[IPv4Network("172.18.0.0/16")]) == IPv4Network("172.19.0.0/24")
+    with pytest.raises(TopologyError) as refused:
+        choose_subnet([], pod_pool=[IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12")])
+    assert str(refused.value) == (
+        "the pod CIDR pool 172.16.0.0/12 overlaps the node network 172.18.0.0/24 and every other node "
+        "network the lab can use (172.19.0.0/24 to 172.31.0.0/24); give "
+        "ipam.operator.clusterPoolIPv4PodCIDRList a range outside them"
+    )
+    # A lab that must keep its node network (one already built) is refused when the pool covers it.
+    with pytest.raises(TopologyError, match=r"^the pod CIDR pool 172.20.0.0/16 overlaps the node network "
+                       r"172.20.0.0/24; give"):
+        choose_subnet([], candidates=[IPv4Network("172.20.0.0/24")], pod_pool=[IPv4Network("172.20.0.0/16")])
+
+
 def test_bad_plans() -> None:
     with pytest.raises(TopologyError, match="0 nodes"):
         plan_topology("cm", 0, IPv4Network("172.18.0.0/24"))

@@ -23,7 +23,7 @@ from ciphermesh.config import Values
 from ciphermesh.datapath.errors import DatapathError
 from ciphermesh.datapath.ipsec_engine import IPsecEngine
 from ciphermesh.datapath.mtu import Mtus, plan_mtus
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
+from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, pod_cidr_conflict, router_ip
 from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node_routing
 from ciphermesh.datapath.overlay_routing import reconcile_overlay_routing, remove_overlay_routing
 from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
@@ -143,6 +143,9 @@ class Agent:
         if not cidrs:
             return
         self.pod_cidr = next(c for c in (ip_network(t) for t in cidrs) if isinstance(c, IPv4Network))
+        if conflict := pod_cidr_conflict(self.ipr, self.options.node_ip, self.pod_cidr):
+            self.problems, self.phase, self.pod_cidr = [conflict], "refused its pod CIDR", None
+            return
         self.router = router_ip(self.pod_cidr)
         self.phase = "configuring links"
         ensure_node_links(self.ipr, NodeLinks(self.options.node_ip, self.pod_cidr, self.mtus))

@@ -29,12 +29,15 @@ def _set(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.line == "-" else args.line
     try:
         with connect(info) as store:
-            line = set_key(store, secret_name, text)
+            done = set_key(store, secret_name, text)
     except (KeyLineError, KeyRotationError) as exc:
         raise CliError(f"key not set: {exc}") from None
-    except (NoKeySecretError, StoreError) as exc:
+    except (LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(str(exc)) from None
-    print(f"IPsec key set, key ID (SPI): {line.key_id}")
+    if not done.changed:
+        print(f"IPsec key unchanged: the secret already holds this key as key ID (SPI) {done.line.key_id}")
+        return 0
+    print(f"IPsec key set, key ID (SPI): {done.line.key_id}")
     return 0
 
 
@@ -48,7 +51,7 @@ def _rotate(args: argparse.Namespace) -> int:
             f"key not rotated: the stored secret is not valid ({exc}); set a new key with "
             "`ciphermesh encryption key set`"
         ) from None
-    except (NoKeySecretError, StoreError) as exc:
+    except (LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(f"key not rotated: {exc}") from None
     print(f"IPsec key successfully rotated, new key SPI: {line.key_id}")
     return 0
@@ -59,7 +62,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         with connect(info) as store:
             current = current_key(store, secret_name)
-    except (KeyLineError, NoKeySecretError, StoreError) as exc:
+    except (KeyLineError, LabError, NoKeySecretError, StoreError) as exc:
         raise CliError(str(exc)) from None
     shown = current.text if args.reveal else current.line.format(reveal=False)
     if args.output == "json":
@@ -80,7 +83,8 @@ def register_key_secret(key_commands: argparse._SubParsersAction[argparse.Argume
         parser = key_commands.add_parser(name, help=help_text)
         parser.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
         if name == "set":
-            parser.add_argument("line", metavar="LINE", help="the key line, or - to read it from stdin")
+            parser.add_argument("line", metavar="LINE", help="- reads the key line from stdin (preferred: a "
+                                "LINE given here shows in `ps` to every user while the command runs)")
         if name == "show":
             parser.add_argument("--reveal", action="store_true", help="show key material")
             parser.add_argument("-o", "--output", choices=("text", "json"), default="text")

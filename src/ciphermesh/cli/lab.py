@@ -116,7 +116,16 @@ def _pod_delete(args: argparse.Namespace) -> int:
 
 
 def _name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
+    # `--lab` as every other command takes it; `--name` as the lab commands always took it.
+    parser.add_argument("--lab", "--name", dest="name", metavar="LAB", default=DEFAULT_LAB,
+                        help=f"lab name (default {DEFAULT_LAB})")
+
+
+def _takes_command(parser: argparse.ArgumentParser, example: str, optional: bool = False) -> None:
+    """Say in usage and help that CMD comes after `--` (main() splits it off before parsing)."""
+    command = "[-- CMD...]" if optional else "-- CMD..."
+    parser.usage = f"{parser.format_usage().removeprefix('usage: ').strip()} {command}"
+    parser.epilog = f"CMD and its arguments come after --, e.g. `{example}`."
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -136,8 +145,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     exec_ = lab_sub.add_parser("exec", help="run a command inside a node, e.g. `lab exec node-1 -- tcpdump`")
     _name(exec_)
-    exec_.add_argument("node")
+    exec_.add_argument("node", metavar="NODE")
     exec_.set_defaults(func=_exec, takes_command=True)
+    _takes_command(exec_, "ciphermesh lab exec node-1 -- tcpdump -n -i cilium_vxlan esp")
 
     pod = lab_sub.add_parser("pod", help="pods: run, exec, list, delete")
     pod_sub = pod.add_subparsers(dest="pod_command", metavar="SUBCOMMAND", required=True)
@@ -147,10 +157,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--node", required=True)
     run.add_argument("--ip", type=IPv4Address, help="a fixed address inside the node's pod CIDR")
     run.set_defaults(func=_pod_run, takes_command=True)
+    _takes_command(run, "ciphermesh lab pod run web --node node-2 -- python3 -m http.server", optional=True)
     pexec = pod_sub.add_parser("exec", help="run a command inside a pod; its exit status is ours")
     _name(pexec)
     pexec.add_argument("pod")
     pexec.set_defaults(func=_pod_exec, takes_command=True)
+    _takes_command(pexec, "ciphermesh lab pod exec web -- ping -c1 10.0.1.5")
     plist = pod_sub.add_parser("list", help="pods with node, IP and state")
     _name(plist)
     plist.add_argument("-o", "--output", choices=("table", "json"), default="table")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -56,7 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        # Inside the try: a reader that went away (`| head -1`) shows here, not at the exit's own flush.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python's recipe: nothing more can reach the reader, so quietly end as `yes | head` does
+        # (128 + SIGPIPE), with stdout on /dev/null so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CliError as exc:
         print(f"ciphermesh: {exc}", file=sys.stderr)
         return exc.exit_code

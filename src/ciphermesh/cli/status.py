@@ -17,7 +17,8 @@ from ciphermesh.lab.state import LabNameError
 from ciphermesh.store.errors import StoreError
 
 DEFAULT_LAB = "cm"
-_MODE_NAMES = {"ipsec": "IPsec", "wireguard": "Wireguard", "disabled": "Disabled", "mixed": "Mixed"}
+_MODE_NAMES = {"ipsec": "IPsec", "wireguard": "Wireguard", "disabled": "Disabled", "mixed": "Mixed",
+               "unknown": "Unknown"}
 
 
 def _lab(args: argparse.Namespace) -> LabInfo:
@@ -30,7 +31,10 @@ def _lab(args: argparse.Namespace) -> LabInfo:
 def _gather(what: Any, info: LabInfo, *rest: Any) -> Any:
     try:
         return what(info, *rest)
-    except (LabError, StoreError) as exc:
+    except LabError as exc:
+        # A LabError names its lab already; a StoreError does not.
+        raise CliError(str(exc)) from None
+    except StoreError as exc:
         raise CliError(f"lab {info.name}: {exc}") from None
 
 
@@ -76,12 +80,13 @@ def _encryption_status(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     mode = _MODE_NAMES.get(summary["mode"], summary["mode"])
     ready = sum(1 for n in status["nodes"] if n["agent"] == "ready")
-    console.print(f"Encryption: {mode} ({ready}/{summary['nodes']} nodes) "
+    silent = f"; not answering: {', '.join(summary['notAnswering'])}" if summary["notAnswering"] else ""
+    console.print(f"Encryption: {mode} ({ready}/{summary['nodes']} nodes{silent}) "
                   f"[NodeEncryption: {summary['nodeEncryption']}]", markup=False)
     _print_strict_mode(console, status["nodes"])
     if summary["mode"] == "ipsec":
         keys = "/".join(str(k) for k in summary["keysInUse"])
-        console.print(f"IPsec keys in use: {keys} on {summary['nodes']}/{summary['nodes']}")
+        console.print(f"IPsec keys in use: {keys} on {summary['answering']}/{summary['nodes']}")
         console.print(f"IPsec highest Seq. Number: {summary['maxSeq']:#x} across all nodes")
         console.print(f"IPsec expected key count: {summary['expectedKeyCount']}")
         console.print(f"IPsec key rotation in progress: {str(summary['rotationInProgress']).lower()}")
@@ -93,9 +98,11 @@ def _encryption_status(args: argparse.Namespace) -> int:
         return 0
     table = Table("NODE", "MODE", "KEY ID", "KEYS IN USE", "MAX SEQ. NUMBER", "ERRORS", "ROTATING", box=None)
     for node in status["nodes"]:
+        known = node["mode"] != "unknown"
         table.add_row(node["name"], _MODE_NAMES.get(node["mode"], node["mode"]), str(node["keyID"] or "-"),
-                      str(node["keysInUse"]), f"{node['maxSeq']:#x}", str(node["errorCount"]),
-                      str(node["rotationInProgress"]).lower())
+                      str(node["keysInUse"]) if known else "-", f"{node['maxSeq']:#x}" if known else "-",
+                      str(node["errorCount"]) if known else "-",
+                      str(node["rotationInProgress"]).lower() if known else "-")
     console.print(table)
     for node in status["nodes"]:
         for problem in node["problems"]:
@@ -118,6 +125,8 @@ def _print_wireguard(console: Console, nodes: list[dict[str, Any]]) -> None:
     """Per node what `cilium-dbg encrypt status` shows for WireGuard, then each peer as `wg show` does."""
     now = time.time()
     for node in nodes:
+        if node["mode"] != "wireguard":
+            continue
         console.print(f"{node['name']}: Interface: {node['interface'] or '-'}")
         console.print(f"\tPublic key: {node['publicKey'] or '-'}")
         console.print(f"\tNumber of peers: {node['peerCount']}")

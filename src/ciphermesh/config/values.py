@@ -17,6 +17,8 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m":
 _INDEXED = re.compile(r"^(?P<path>[^\[\]]+)\[(?P<index>\d+)\]$")
 _TRUE = {"true", "True", "TRUE"}
 _FALSE = {"false", "False", "FALSE"}
+# A values file is a few hundred bytes; YAML takes about a second per MB, so a big file is a mistake.
+MAX_VALUES_FILE_BYTES = 1 << 20
 
 
 class ValuesError(ValueError):
@@ -217,10 +219,17 @@ class Values:
 
     def with_file(self, path: str) -> Values:
         try:
-            with open(path, encoding="utf-8") as handle:
-                tree = yaml.safe_load(handle)
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_VALUES_FILE_BYTES + 1)
         except OSError as exc:
             raise ValuesError(f"{path}: cannot read ({exc.strerror})") from None
+        if len(data) > MAX_VALUES_FILE_BYTES:
+            raise ValuesError(f"{path}: larger than {MAX_VALUES_FILE_BYTES >> 20} MiB, the most a values "
+                              "file may be")
+        try:
+            tree = yaml.safe_load(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValuesError(f"{path}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
             raise ValuesError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
         if tree is None:

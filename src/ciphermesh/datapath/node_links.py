@@ -39,6 +39,18 @@ def router_ip(pod_cidr: IPv4Network) -> IPv4Address:
     return pod_cidr.network_address + 1
 
 
+def pod_cidr_conflict(ipr: Any, node_ip: IPv4Address, pod_cidr: IPv4Network) -> str | None:
+    """Why `pod_cidr` cannot serve this node (it overlaps the node IP's network), or None if it can."""
+    addresses = ipr.addr("dump", family=2)
+    prefixes = [msg["prefixlen"] for msg in addresses if msg.get_attr("IFA_ADDRESS") == str(node_ip)]
+    node_network = IPv4Network(f"{node_ip}/{prefixes[0] if prefixes else 32}", strict=False)
+    if not node_network.overlaps(pod_cidr):
+        return None
+    # Its router IP and pods would be routed where the node's peers are: nothing would reach anyone.
+    return (f"pod CIDR {pod_cidr} refused: it overlaps the node network {node_network} of node IP {node_ip}; "
+            "the operator's pool (ipam.operator.clusterPoolIPv4PodCIDRList) must lie outside it")
+
+
 def vtep_mac(router: IPv4Address) -> str:
     """cilium_vxlan's MAC, derived from the router IP so peers know it without asking."""
     return ":".join([_VTEP_MAC_PREFIX, *(f"{byte:02x}" for byte in router.packed)])

@@ -11,7 +11,7 @@ from ciphermesh.keys.line import (
     parse_line,
     parse_secret,
 )
-from ciphermesh.keys.rotation import KeyRotationError, check_successor, older_key_id
+from ciphermesh.keys.rotation import KeyRotationError, backwards_reason, check_successor, older_key_id
 from ciphermesh.keys.secret_bytes import SecretBytes
 from ciphermesh.keys.summary import describe_line
 from ciphermesh.keys.wireshark import esp_sa_entry
@@ -25,6 +25,7 @@ __all__ = [
     "KeyMaterial",
     "KeyRotationError",
     "SecretBytes",
+    "backwards_reason",
     "canonical_ip",
     "check_successor",
     "derive_tunnel_key",

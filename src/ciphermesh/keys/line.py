@@ -131,8 +131,12 @@ def parse_line(line: str) -> KeyLine:
 
 
 def parse_secret(text: str) -> KeyLine:
-    """Parse the secret's text: every non-blank line must be valid and the last one wins."""
+    """Parse the secret's text: every non-blank line must be valid and the last one wins.
+
+    One key ID may not name two different keys: SPI = key ID, so peers could not tell them apart.
+    """
     last: KeyLine | None = None
+    seen: dict[int, tuple[int, KeyMaterial]] = {}
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.removesuffix("\r")
         if not line.strip():
@@ -141,6 +145,10 @@ def parse_secret(text: str) -> KeyLine:
             last = parse_line(line)
         except KeyLineError as exc:
             raise KeyLineError(f"line {number}, {exc.field}", exc.reason) from None
+        first, material = seen.setdefault(last.key_id, (number, last.material))
+        if material != last.material:
+            raise KeyLineError(f"line {number}, key ID", f"{last.key_id} is on line {first} too, with a "
+                               "different key; one key ID (SPI) names one key")
     if last is None:
         raise KeyLineError("secret", "no key line")
     return last

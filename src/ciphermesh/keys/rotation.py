@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ciphermesh.keys.line import AeadKey, KeyLine
+from ciphermesh.keys.line import MAX_KEY_ID, AeadKey, KeyLine
 
 HALF_KEY_SPACE = 7
 
@@ -20,6 +20,14 @@ def older_key_id(a: int, b: int) -> int:
     return high if high - low > HALF_KEY_SPACE else low
 
 
+def backwards_reason(new_id: int, current_id: int) -> str:
+    """Why `new_id` may not follow `current_id`, with the wrap order and the IDs that may."""
+    ahead = [(current_id + step - 1) % MAX_KEY_ID + 1 for step in range(1, HALF_KEY_SPACE + 1)]
+    return (f"key ID {new_id} goes backwards from {current_id}: IDs count up to {MAX_KEY_ID} and wrap to 1, "
+            f"so one more than {HALF_KEY_SPACE} ahead is behind; the next is {ahead[0]} "
+            f"(any of {', '.join(map(str, ahead))})")
+
+
 def _key_lengths(line: KeyLine) -> tuple[int, ...]:
     material = line.material
     if isinstance(material, AeadKey):
@@ -35,7 +43,7 @@ def check_successor(current: KeyLine, new: KeyLine) -> bool:
             raise KeyRotationError("changing IPsec keys requires incrementing the key id")
         return False
     if older_key_id(current.key_id, new.key_id) != current.key_id:
-        raise KeyRotationError(f"key ID {new.key_id} goes backwards from the current {current.key_id}")
+        raise KeyRotationError(backwards_reason(new.key_id, current.key_id))
     if _key_lengths(new) != _key_lengths(current):
         raise KeyRotationError("invalid key rotation: key length must not change")
     return True

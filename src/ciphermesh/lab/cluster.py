@@ -160,6 +160,14 @@ def _check_pool(values: Values) -> None:
         raise LabError(str(exc)) from None
 
 
+def _underlay_subnet(values: Values) -> IPv4Network:
+    """A node network free on this machine and outside the pod pool, chosen before anything is built."""
+    try:
+        return topology.choose_subnet(topology.host_networks(), pod_pool=values.cidrs(POOL_KEY))
+    except topology.TopologyError as exc:
+        raise LabError(str(exc)) from None
+
+
 def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo:
     """Build the lab, or bring back what is missing of it (same settings, data kept), and wait until every
     agent is ready and every node reaches every other."""
@@ -172,6 +180,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     _check_pool(values)
     paths = LabPaths.of(name)
     existing = _existing(paths, values, nodes)
+    subnet = IPv4Network(existing["subnet"]) if existing else _underlay_subnet(values)
     restarted: list[str] = []
     paths.create()
     write_private(paths.values, yaml.safe_dump(values.as_tree(), sort_keys=False))
@@ -187,7 +196,6 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
                 line = generate_line()
                 store.put_key_secret(line.format(reveal=True), name=secret_name, expect=Expect.ABSENT)
                 progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
-    subnet = IPv4Network(existing["subnet"]) if existing else topology.choose_subnet(topology.host_networks())
     plan = topology.plan_topology(name, nodes, subnet)
     progress(f"{'checking' if existing else 'building'} {nodes} node namespaces on {subnet}")
     topology.build(plan)

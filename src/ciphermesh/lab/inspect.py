@@ -10,7 +10,10 @@ from typing import Any
 from ciphermesh.agent.plan import plan
 from ciphermesh.keys import KeyLine, KeyLineError, esp_sa_entry, parse_secret
 from ciphermesh.lab.cluster import LabInfo, agent_status, connect
+from ciphermesh.lab.processes import pid_alive
 from ciphermesh.store.model import Node
+
+UNKNOWN = "unknown"
 
 
 def _nodes_and_secret(info: LabInfo, secret_name: str) -> tuple[dict[str, Node], str | None]:
@@ -24,7 +27,8 @@ def cluster_status(info: LabInfo) -> dict[str, Any]:
     """Every node as the store has it, with its agent's own view (None where the agent is silent)."""
     with connect(info) as store:
         records = {v.value.name: v.value for v in store.list_nodes()}
-        operators = [op.id for op in store.list_operators()]
+        # A killed operator's record outlives it by its lease's TTL: only one whose process runs counts.
+        operators = [op.id for op in store.list_operators() if pid_alive(op.pid)]
     nodes = []
     for name in info.nodes:
         record = records.get(name)
@@ -48,6 +52,10 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
     errors = list(record.errors) if record else []
     if live is not None:
         errors = list(dict.fromkeys([*live.get("errors", []), *errors]))
+        encryption |= {k: v for k, v in live.get("encryption", {}).items() if k in ("mode", "engine")}
+    else:
+        # What a silent agent runs now is not known; the store's record says only what it last published.
+        encryption["mode"] = UNKNOWN
     return {
         "name": name,
         "nodeIP": node_ip,
@@ -57,7 +65,7 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
         "publicKey": record.wg_pub_key if record else None,
         "agent": live["agent"] if live else ("not answering" if record else "absent"),
         "encryption": {
-            "mode": encryption.get("mode", "disabled"),
+            "mode": encryption.get("mode", UNKNOWN),
             "engine": encryption.get("engine"),
             "keyID": record.key_id if record else None,
         },
@@ -76,7 +84,10 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
     entries = []
     expected = 2 * (len(info.nodes) - 1)
     for node in status["nodes"]:
-        engine = (node["live"] or {}).get("encryption", {}).get("engineStatus") or {}
+        if node["live"] is None:
+            entries.append(_silent_entry(node))
+            continue
+        engine = node["live"].get("encryption", {}).get("engineStatus") or {}
         peers = engine.get("peers", [])
         entry = {
             "name": node["name"],
@@ -97,28 +108,43 @@ def encryption_status(info: LabInfo) -> dict[str, Any]:
         if entry["mode"] == "wireguard":
             entry.update(_wireguard_entry(node["publicKey"], engine))
         entries.append(entry)
-    modes = {entry["mode"] for entry in entries}
+    # The summary is of the nodes that answered: a silent one's numbers are unknown, not zero.
+    answering = [entry for entry in entries if entry["mode"] != UNKNOWN]
+    modes = {entry["mode"] for entry in answering}
     errors: dict[str, int] = {}
-    for entry in entries:
+    for entry in answering:
         for name, count in entry["errors"].items():
             errors[name] = errors.get(name, 0) + count
-    keys_in_use = {entry["keysInUse"] for entry in entries}
-    mode = modes.pop() if len(modes) == 1 else "mixed"
+    keys_in_use = {entry["keysInUse"] for entry in answering}
+    mode = UNKNOWN if not modes else modes.pop() if len(modes) == 1 else "mixed"
     return {
         "nodes": entries,
         "summary": {
             "mode": mode,
             "nodes": len(entries),
-            "nodeEncryption": _agreed(entry["nodeEncryption"] for entry in entries),
+            "answering": len(answering),
+            "notAnswering": [entry["name"] for entry in entries if entry["mode"] == UNKNOWN],
+            "nodeEncryption": _agreed(entry["nodeEncryption"] for entry in answering),
             "keysInUse": sorted(keys_in_use),
             "expectedKeyCount": expected,
-            "maxSeq": max((entry["maxSeq"] for entry in entries), default=0),
+            "maxSeq": max((entry["maxSeq"] for entry in answering), default=0),
             "errorCount": sum(errors.values()),
             "errors": errors,
             "rotationInProgress": mode == "ipsec" and (
-                any(e["rotationInProgress"] for e in entries) or any(k != expected for k in keys_in_use)
+                any(e["rotationInProgress"] for e in answering) or any(k != expected for k in keys_in_use)
             ),
         },
+    }
+
+
+def _silent_entry(node: dict[str, Any]) -> dict[str, Any]:
+    """A node whose agent does not answer: the store's key ID, every live number unknown (null)."""
+    return {
+        "name": node["name"], "mode": UNKNOWN, "engine": node["encryption"]["engine"],
+        "keyID": node["encryption"]["keyID"], "nodeEncryption": node["nodeEncryption"], "strictMode": None,
+        "keysInUse": None, "maxSeq": None, "errors": {}, "errorCount": None, "rotationInProgress": None,
+        "peers": [], "agent": node["agent"],
+        "problems": [f"agent {node['agent']}: its mode and numbers are unknown", *node["errors"]],
     }
 
 

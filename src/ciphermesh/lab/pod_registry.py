@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -65,6 +67,8 @@ def run_pod(info: LabInfo, name: str, node: str, command: Sequence[str] = (),
         raise LabError(str(exc)) from None
     if _record_path(info, name).exists():
         raise LabError(f"pod {name} already exists in lab {info.name}")
+    if command:
+        _check_runnable(name, command[0])
     node_ns = info.netns_of(node)
     pod_cidr, mtu = pod_cidr_of(info, node)
     try:
@@ -77,6 +81,14 @@ def run_pod(info: LabInfo, name: str, node: str, command: Sequence[str] = (),
         start_daemon(list(command), pidfile=info.paths.pod_dir() / f"{name}.pid",
                      log=info.paths.pod_dir() / f"{name}.log", netns=pod.netns)
     return record
+
+
+def _check_runnable(pod: str, program: str) -> None:
+    """Refuse a command that cannot be started, before the pod exists: it runs detached, its exec unseen."""
+    # `ip netns exec` runs it with this PATH and this filesystem, so this lookup is the one it makes.
+    if shutil.which(program) is None:
+        why = "not an executable file" if os.path.exists(program) else "no such file, nor a command on PATH"
+        raise LabError(f"pod {pod} not created: its command {program!r} cannot be run ({why})")
 
 
 def delete_pod_record(info: LabInfo, name: str) -> None:

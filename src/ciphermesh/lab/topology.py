@@ -6,7 +6,7 @@ namespace of the lab by name, and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -85,14 +85,25 @@ class TopologyPlan:
 
 
 def choose_subnet(
-    taken: Iterable[IPv4Network], candidates: Iterable[IPv4Network] = UNDERLAY_CANDIDATES
+    taken: Iterable[IPv4Network],
+    candidates: Iterable[IPv4Network] = UNDERLAY_CANDIDATES,
+    pod_pool: Sequence[IPv4Network] = (),
 ) -> IPv4Network:
-    """The first candidate that overlaps none of `taken` (default routes do not count)."""
+    """The first candidate that overlaps none of `taken` (default routes do not count) nor the pod pool.
+
+    A node network inside the pod pool cannot work: a node's IP would be handed out and routed as a pod's.
+    """
     specific = [net for net in taken if net.prefixlen > 0]
-    for candidate in candidates:
-        if not any(candidate.overlaps(net) for net in specific):
+    free = [candidate for candidate in candidates if not any(candidate.overlaps(n) for n in specific)]
+    if not free:
+        raise TopologyError("every candidate underlay subnet collides with a route of this machine")
+    for candidate in free:
+        if not any(candidate.overlaps(cidr) for cidr in pod_pool):
             return candidate
-    raise TopologyError("every candidate underlay subnet collides with a route of this machine")
+    inside = ", ".join(str(cidr) for cidr in pod_pool if cidr.overlaps(free[0]))
+    others = f" and every other node network the lab can use ({free[1]} to {free[-1]})" if free[1:] else ""
+    raise TopologyError(f"the pod CIDR pool {inside} overlaps the node network {free[0]}{others}; "
+                        "give ipam.operator.clusterPoolIPv4PodCIDRList a range outside them")
 
 
 def host_networks() -> list[IPv4Network]:

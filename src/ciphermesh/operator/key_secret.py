@@ -10,6 +10,7 @@ from ciphermesh.keys import (
     KeyLine,
     KeyLineError,
     KeyRotationError,
+    backwards_reason,
     check_successor,
     older_key_id,
     parse_secret,
@@ -22,6 +23,14 @@ from ciphermesh.store.store import Store
 
 class NoKeySecretError(LookupError):
     """The store holds no key secret of that name."""
+
+
+@dataclass(frozen=True)
+class SetKey:
+    """What `set_key` did: the line asked for, and whether the store changed (False: it held that key)."""
+
+    line: KeyLine
+    changed: bool
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def current_key(store: Store, secret_name: str) -> CurrentKey:
     return CurrentKey(stored.value.keys, parse_secret(stored.value.keys), stored.revision)
 
 
-def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
+def set_key(store: Store, secret_name: str, line_text: str) -> SetKey:
     """Store `line_text` if it is valid and may follow the current key; otherwise raise and change nothing.
 
     When the stored secret is absent or broken (as `kubectl edit` can leave it), the new line is checked
@@ -54,9 +63,10 @@ def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
     except KeyLineError:
         current = None
     if current is not None and stored is not None:
-        if check_successor(current, new):
+        changed = check_successor(current, new)
+        if changed:
             store.put_key_secret(line_text.strip(), name=secret_name, expect=stored.revision)
-        return new
+        return SetKey(new, changed)
     for versioned in store.list_nodes():
         node, in_use = versioned.value.name, versioned.value.key_id
         if in_use is None:
@@ -64,9 +74,9 @@ def set_key(store: Store, secret_name: str, line_text: str) -> KeyLine:
         if new.key_id == in_use:
             raise KeyRotationError(f"key ID {in_use} is in use by {node}; a new key needs a new key ID")
         if older_key_id(in_use, new.key_id) != in_use:
-            raise KeyRotationError(f"key ID {new.key_id} goes backwards from {in_use}, used by {node}")
+            raise KeyRotationError(f"{backwards_reason(new.key_id, in_use)} ({in_use} is used by {node})")
     store.put_key_secret(line_text.strip(), name=secret_name)
-    return new
+    return SetKey(new, True)
 
 
 def rotate_key(
