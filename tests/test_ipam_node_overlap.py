@@ -58,7 +58,7 @@ def test_the_agent_refuses_a_pod_cidr_on_its_node_network(tmp_path: Path) -> Non
         pool = plan.subnet.supernet(8)
         values.write_text(f"ipam:\n  operator:\n    clusterPoolIPv4PodCIDRList: ['{pool}']\n")
         etcd = start_etcd(tmp_path)
-        common = ["--store", etcd.unix_url, "--cluster", "qcov", "-f", str(values)]
+        common = ["--store", etcd.client_url, "--cluster", "qcov", "-f", str(values)]
         socket = tmp_path / "agent.sock"
         agent_pid, operator_pid = tmp_path / "agent.pid", tmp_path / "operator.pid"
         try:

@@ -36,7 +36,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabInfo]:
     try:
         write_private(paths.values, "encryption:\n  enabled: true\n  type: ipsec\n")
         paths.write_manifest({"name": paths.name, "nodes": [], "nodeIPs": {}, "subnet": "172.18.0.0/24",
-                              "store": etcd.unix_url})
+                              "store": etcd.client_url})
         yield load_lab(paths.name)
     finally:
         stop_etcd(paths.root)
@@ -51,7 +51,7 @@ def _set(monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _stored(info: LabInfo) -> tuple[int, str]:
+def _stored(info: LabInfo) -> tuple[str, str]:
     with connect(info) as store:
         stored = store.get_key_secret(name=SECRET)
     assert stored is not None

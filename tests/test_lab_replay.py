@@ -69,7 +69,7 @@ def test_an_agent_stopped_past_its_lease_gets_traffic_back_at_once(tmp_path: Pat
         a, b = get_pod(info, "a"), get_pod(info, "b")
         root = info.paths.root
         assert stop_etcd(root)
-        assert start_etcd(root).unix_url == info.store
+        assert start_etcd(root).client_url == info.store
         wait_ready(info, READY_TIMEOUT)
         stopped = agent_pid(info, "node-1")
         assert stopped is not None

@@ -84,6 +84,10 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
         # To be removed by the datapath face: the daemon applies links, guard, engine and routes itself.
         *(("agent.daemon", f"datapath.{name}") for name in _AGENT_DAEMON_DATAPATH),
         ("agent.daemon", "wireguard.peer"),
+        # To be removed by the datapath face: the SA ledger belongs to the engine the face opens.
+        ("agent.daemon", "esp.ledger"),
+        # To be removed by the datapath face: the lab reads node addresses through it.
+        ("lab.recovery", "datapath.rtnl"),
         # To be removed by the datapath face: the desired state as plain data lives there.
         ("agent.plan", "datapath.ipsec_state"),
         ("agent.plan", "datapath.routing"),
