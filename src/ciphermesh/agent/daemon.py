@@ -34,7 +34,7 @@ from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
 from ciphermesh.esp.ledger import SALedger
 from ciphermesh.store.base import NodeRegistration
-from ciphermesh.store.errors import PodCIDRTimeoutError
+from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
 from ciphermesh.store.store import Store
 from ciphermesh.wireguard.peer import PeerConfig
@@ -217,16 +217,22 @@ class Agent:
                 self._applied = desired
                 if previous is None:
                     self._applied_at = time.monotonic()
-            self._publish(registration)
         except Exception as exc:
             log.exception("apply failed")
             self.problems = [f"apply: {type(exc).__name__}: {exc}"]
             self.phase = "degraded"
             return
         self.waiting = desired.waiting
-        self.problems = []
         self.phase = "ready"
         self.last_apply = time.time()
+        try:
+            self._publish(registration)
+        except StoreError as exc:
+            # The datapath holds while the store is away (a restart): say so, publish on the next pass.
+            log.warning("cannot publish this node's state: %s", exc)
+            self.problems = [f"store: {exc}"]
+            return
+        self.problems = []
 
     def _apply(self, desired: DesiredDatapath, previous: DesiredDatapath | None) -> None:
         """Make the kernel and engine match `desired`; links and routes only if they differ from `previous`.
