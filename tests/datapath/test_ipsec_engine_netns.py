@@ -33,7 +33,7 @@ from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import BRIDGE, TopologyPlan
 from ciphermesh.lab.wire import WireReport, analyse_capture
-from netns_support import TUN, built_lab, pod_cidr, wait_until, wire_nodes
+from tests.support.netns import TUN, built_lab, pod_cidr, wait_until, wire_nodes
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -14,8 +14,8 @@ from scapy.utils import rdpcap
 
 from ciphermesh.datapath.mtu import plan_mtus
 from ciphermesh.lab import netns
-from netns_support import TUN
-from test_ipsec_engine_netns import Node, Pair, PcapCapture, esp_frames, pair, tcp_transfer
+from tests.datapath.test_ipsec_engine_netns import Node, Pair, PcapCapture, esp_frames, pair, tcp_transfer
+from tests.support.netns import TUN
 
 __all__ = ["pair"]  # the fixture, shared with the engine's other namespace tests
 

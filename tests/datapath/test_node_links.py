@@ -19,7 +19,7 @@ from ciphermesh.datapath.node_links import (
 )
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import NodePlan
-from netns_support import MTUS, built_lab, ip_json
+from tests.support.netns import MTUS, built_lab, ip_json
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

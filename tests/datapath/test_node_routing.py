@@ -12,8 +12,8 @@ from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node
 from ciphermesh.datapath.ownership import IPSEC_ENCRYPTED_MARK, NODE_TABLE, WIREGUARD_MARK
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan
-from netns_support import MTUS, TUN, built_lab, ip_json, wire_nodes
-from test_datapath_routing import route_get
+from tests.datapath.test_routing import route_get
+from tests.support.netns import MTUS, TUN, built_lab, ip_json, wire_nodes
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

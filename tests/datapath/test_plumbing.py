@@ -19,7 +19,7 @@ from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.lab import netns
 from ciphermesh.lab.pods import create_pod
 from ciphermesh.lab.topology import TopologyPlan
-from netns_support import MTUS, TUN, Capture, built_lab, pod_cidr, tx_packets, wire_nodes
+from tests.support.netns import MTUS, TUN, Capture, built_lab, pod_cidr, tx_packets, wire_nodes
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -14,7 +14,7 @@ from ciphermesh.datapath.ownership import PROTO_ENGINE
 from ciphermesh.datapath.routing import RemoteNode, reconcile_engine_routing, remove_engine_routing
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan
-from netns_support import MTUS, TUN, built_lab, ip_json, make_persistent_tun, pod_cidr, wire_nodes
+from tests.support.netns import MTUS, TUN, built_lab, ip_json, make_persistent_tun, pod_cidr, wire_nodes
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

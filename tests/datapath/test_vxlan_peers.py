@@ -15,7 +15,7 @@ from ciphermesh.datapath.ownership import ESP_TABLE, PROTO_VXLAN_PEER
 from ciphermesh.datapath.vxlan_peers import VxlanPeer, reconcile_vxlan_peers
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import NodePlan
-from netns_support import MTUS, built_lab, ip_json
+from tests.support.netns import MTUS, built_lab, ip_json
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from ciphermesh.esp import Decapsulated, Drop, OutboundSA, SADatabase
-from esp_support import ipv4_packet, ipv6_packet, sa_pair
+from tests.support.esp import ipv4_packet, ipv6_packet, sa_pair
 
 PACKETS = 100_000
 SEED = 20240611

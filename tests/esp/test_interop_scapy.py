@@ -11,7 +11,7 @@ from scapy.packet import Packet
 from ciphermesh.esp.counters import Drop
 from ciphermesh.esp.packet import parse_outer, wrap_ipv4, wrap_ipv6
 from ciphermesh.esp.sa import Decapsulated, SADatabase
-from esp_interop_support import (
+from tests.support.esp_interop import (
     NODE_A,
     NODE_A6,
     NODE_B,

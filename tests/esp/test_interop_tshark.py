@@ -14,7 +14,7 @@ from ciphermesh.esp.packet import wrap_ipv4, wrap_ipv6
 from ciphermesh.keys import derive_tunnel_key, esp_sa_entry, parse_line
 from ciphermesh.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, build_pcap, ethernet_frame
 from ciphermesh.tshark import EspFrame, TsharkError, decrypt_esp, tshark_path
-from esp_interop_support import (
+from tests.support.esp_interop import (
     BOOT_A,
     KEY_LINES,
     NODE_A,

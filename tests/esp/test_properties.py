@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ciphermesh.esp import Decapsulated, Drop, Opened
-from esp_support import ipv4_packet, ipv6_packet, sa_pair
+from tests.support.esp import ipv4_packet, ipv6_packet, sa_pair
 
 ROUND_TRIP = ["gcm128", "gcm256", "cbc-sha256", "cbc-sha512"]
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

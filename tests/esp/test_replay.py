@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ciphermesh.esp import AesGcmCipher, Decapsulated, InboundSA, ReplayWindow
 from ciphermesh.esp.replay import MAX_WINDOW
-from esp_support import sa_pair
+from tests.support.esp import sa_pair
 
 M32 = 2**32 - 1
 M64 = 2**64 - 1

@@ -23,7 +23,7 @@ from ciphermesh.esp import (
     cipher_for,
 )
 from ciphermesh.keys import parse_line
-from esp_support import TRANSFORMS, ipv4_packet, ipv6_packet, sa_pair
+from tests.support.esp import TRANSFORMS, ipv4_packet, ipv6_packet, sa_pair
 
 M32 = 2**32 - 1
 M64 = 2**64 - 1

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from ciphermesh.esp import AesGcmCipher, Decapsulated, Drop, InboundSA, SADatabase
-from esp_support import TESTDATA, h, load
+from tests.support.testdata import TESTDATA, h, load
 
 CAPTURE = load("strongswan_libipsec_esp_udp.json")
 PCAP_MAGIC_LE = 0xA1B2C3D4

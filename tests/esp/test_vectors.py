@@ -19,7 +19,7 @@ from ciphermesh.esp import (
     parse_outer,
     wrap_ipv4,
 )
-from esp_support import h, load
+from tests.support.testdata import h, load
 
 GCM = load("esp_aes_gcm_draft_mcgrew_gcm_test_01.json")["cases"]
 RFC3602 = load("rfc3602_aes_cbc_esp.json")

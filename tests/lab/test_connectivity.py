@@ -32,8 +32,8 @@ from ciphermesh.lab.wire_verdict import (
     markers_in,
     tunnel_pairs,
 )
-from lab_harness import UnderlayCapture
-from lab_support import IPSEC, ciphermesh, running_lab
+from tests.support.cluster import IPSEC, ciphermesh, running_lab
+from tests.support.lab import UnderlayCapture
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

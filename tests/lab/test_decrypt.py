@@ -30,7 +30,7 @@ from ciphermesh.lab.inspect import security_associations
 from ciphermesh.lab.pod_registry import PodRecord, run_pod
 from ciphermesh.lab.probes import wait_listening
 from ciphermesh.tshark import ESP_FIELDS, EspFrame, esp_options, read_fields, tshark_path
-from lab_support import IPSEC, ciphermesh, running_lab
+from tests.support.cluster import IPSEC, ciphermesh, running_lab
 
 pytestmark = [
     pytest.mark.netns,

@@ -34,7 +34,7 @@ from ciphermesh.lab.cluster import (
 )
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
-from lab_harness import (
+from tests.support.lab import (
     IPSEC,
     NODES,
     READY_TIMEOUT,

@@ -20,7 +20,7 @@ from ciphermesh.lab.pod_registry import get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths, lab_root
 from ciphermesh.store.etcd_process import read_record
-from lab_harness import (
+from tests.support.lab import (
     UnderlayCapture,
     analyse,
     assert_lab_gone,
@@ -35,7 +35,7 @@ from lab_harness import (
     run_cli,
     unique_lab,
 )
-from netns_support import host_snapshot
+from tests.support.netns import host_snapshot
 
 pytestmark = [
     pytest.mark.netns,

@@ -20,7 +20,7 @@ from ciphermesh.lab.cluster import LabInfo, agent_status, connect, start_agent, 
 from ciphermesh.lab.plaintext_probe import inject_plaintext
 from ciphermesh.lab.pod_registry import PodRecord
 from ciphermesh.lab.processes import stop_daemon
-from lab_harness import (
+from tests.support.lab import (
     READY_TIMEOUT,
     UnderlayCapture,
     analyse,

@@ -9,7 +9,7 @@ import pytest
 
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan, build, choose_subnet, host_networks, teardown
-from netns_support import built_lab, ip_json, unique_lab, wait_until
+from tests.support.netns import built_lab, ip_json, unique_lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -21,7 +21,7 @@ from ciphermesh.lab.cluster import agent_pid, connect, start_agent, wait_ready
 from ciphermesh.lab.processes import pid_alive, start_daemon
 from ciphermesh.lab.wire_verdict import tunnel_pairs
 from ciphermesh.wireguard.keys import PrivateKey
-from lab_harness import (
+from tests.support.lab import (
     NODES,
     READY_TIMEOUT,
     Lab,

@@ -19,7 +19,7 @@ from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import PodCIDRTimeoutError
 from ciphermesh.store.etcd_store import EtcdNodeRegistration, EtcdStore
 from ciphermesh.store.model import IPAMAllocation, Node
-from etcd_support import EtcdFixture, etcd, wait_for
+from tests.support.etcd import EtcdFixture, etcd, wait_for
 
 __all__ = ["etcd"]
 

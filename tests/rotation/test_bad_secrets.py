@@ -17,7 +17,7 @@ from ciphermesh.keys import KeyLine, next_key_id, parse_secret
 from ciphermesh.lab.cluster import LabInfo, connect
 from ciphermesh.lab.inspect import encryption_status
 from ciphermesh.lab.rotation_progress import follow_rotation
-from rotation_support import assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import assert_no_loss, ping_mesh, rotation_lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -16,7 +16,7 @@ import pytest
 
 from ciphermesh.keys import next_key_id
 from ciphermesh.lab.cluster import LabInfo, connect
-from rotation_support import RotationLab, assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import RotationLab, assert_no_loss, ping_mesh, rotation_lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -24,7 +24,7 @@ from ciphermesh.lab.inspect import TunnelSA, security_associations
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.rotation_progress import follow_rotation
 from ciphermesh.pcap import parse_pcap, strip_ethernet
-from rotation_support import ping_mesh, rotation_lab, underlay_tap, wait_until
+from tests.support.rotation import ping_mesh, rotation_lab, underlay_tap, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

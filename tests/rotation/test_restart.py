@@ -12,7 +12,7 @@ import pytest
 from ciphermesh.lab.cluster import agent_pid, agent_status, connect, start_agent
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.rotation_progress import follow_rotation
-from rotation_support import PING_TAIL_ALLOWANCE, assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import PING_TAIL_ALLOWANCE, assert_no_loss, ping_mesh, rotation_lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

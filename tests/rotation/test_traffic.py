@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from rotation_support import analyse, assert_no_loss, ping_mesh, rotation_lab, since, tcp_stream, underlay_tap
+from tests.support.rotation import (
+    analyse,
+    assert_no_loss,
+    ping_mesh,
+    rotation_lab,
+    since,
+    tcp_stream,
+    underlay_tap,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

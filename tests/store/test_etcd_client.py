@@ -23,7 +23,7 @@ from ciphermesh.store.etcd_client import (
     mod_revision_is,
     prefix_end,
 )
-from etcd_support import EtcdFixture, etcd, wait_for
+from tests.support.etcd import EtcdFixture, etcd, wait_for
 
 __all__ = ["etcd"]
 

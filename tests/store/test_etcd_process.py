@@ -20,7 +20,7 @@ from ciphermesh.store.etcd_process import (
     start_etcd,
     stop_etcd,
 )
-from etcd_support import EtcdFixture, etcd
+from tests.support.etcd import EtcdFixture, etcd
 
 __all__ = ["etcd"]
 

@@ -28,7 +28,7 @@ from ciphermesh.store.etcd_client import EtcdClient
 from ciphermesh.store.etcd_store import EtcdStore
 from ciphermesh.store.model import IPAMAllocation, KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
-from etcd_support import EtcdFixture, TcpProxy, etcd, proxy_factory, wait_for
+from tests.support.etcd import EtcdFixture, TcpProxy, etcd, proxy_factory, wait_for
 
 __all__ = ["etcd", "proxy_factory"]
 

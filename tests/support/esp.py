@@ -1,26 +1,11 @@
-"""Shared by the ESP core tests: test data location, SA pairs for every transform, inner packets."""
+"""Shared by the ESP core tests: SA pairs for every transform, inner packets."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from ciphermesh.esp import AesGcmCipher, CbcHmacCipher, EspCipher, InboundSA, OutboundSA
-
-# Vectors and captures live in the repository, with their sources in tests/testdata/README.md.
-TESTDATA = Path(__file__).resolve().parent / "testdata"
-
-
-def load(name: str) -> Any:
-    return json.loads((TESTDATA / name).read_text())
-
-
-def h(text: str) -> bytes:
-    return bytes.fromhex(text)
-
 
 # name -> (cipher factory from a seeded key source)
 TRANSFORMS: dict[str, Callable[[Callable[[int], bytes]], EspCipher]] = {

@@ -30,7 +30,7 @@ from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.lab.wire import WireReport, analyse_capture
 from ciphermesh.store.etcd_process import read_record
-from netns_support import HostSnapshot, host_snapshot
+from tests.support.netns import HostSnapshot, host_snapshot
 
 IPSEC = ("--set", "encryption.enabled=true", "--set", "encryption.type=ipsec")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")

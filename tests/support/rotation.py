@@ -25,7 +25,7 @@ from ciphermesh.lab.pod_registry import PodRecord, run_pod
 from ciphermesh.lab.rotation_progress import RotationTimeline, follow_rotation
 from ciphermesh.lab.wire import WireReport, analyse_capture
 from ciphermesh.pcap import build_pcap, parse_pcap
-from lab_support import IPSEC, ciphermesh, unique_lab
+from tests.support.cluster import IPSEC, ciphermesh, unique_lab
 
 T = TypeVar("T")
 PING_INTERVAL = "0.01"

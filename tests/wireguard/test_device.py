@@ -23,7 +23,7 @@ from ciphermesh.wireguard.events import EventKind
 from ciphermesh.wireguard.keys import PrivateKey
 from ciphermesh.wireguard.peer import Peer, PeerConfig
 from ciphermesh.wireguard.primitives import hash_, mac
-from wireguard_helpers import EP_A, EP_B, ipv4_packet, make_pair
+from tests.support.wireguard import EP_A, EP_B, ipv4_packet, make_pair
 
 
 def _kinds(device: Device) -> list[EventKind]:

@@ -15,7 +15,7 @@ from ciphermesh.wireguard.constants import (
 )
 from ciphermesh.wireguard.counters import Drop
 from ciphermesh.wireguard.events import EventKind
-from wireguard_helpers import EP_A, EP_B, Pair, ipv4_packet, make_pair
+from tests.support.wireguard import EP_A, EP_B, Pair, ipv4_packet, make_pair
 
 DATAGRAMS = 100_000
 PACKETS = 20_000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wireguard_netns import (
+from tests.support.wireguard_netns import (
     GO_TUNNEL,
     GO_UNDERLAY,
     GO_UNDERLAY6,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ciphermesh.wireguard.counters import Drop
 from ciphermesh.wireguard.replay import WINDOW_SIZE, ReplayFilter
-from wireguard_helpers import EP_A, ipv4_packet, make_pair
+from tests.support.wireguard import EP_A, ipv4_packet, make_pair
 
 LIMIT = (1 << 64) - (1 << 13) - 1
 

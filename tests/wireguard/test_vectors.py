@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +14,10 @@ from ciphermesh.wireguard.primitives import hash_, kdf1, kdf2, kdf3
 from ciphermesh.wireguard.replay import WINDOW_SIZE, ReplayFilter
 from ciphermesh.wireguard.tai64n import after, stamp
 from ciphermesh.wireguard.xchacha import hchacha20, xchacha20poly1305_decrypt, xchacha20poly1305_encrypt
+from tests.support.testdata import load
 
-# The vectors live in the repository, with their sources in tests/testdata/README.md.
-TESTDATA = Path(__file__).resolve().parent / "testdata"
-WG = json.loads((TESTDATA / "wireguard_vectors.json").read_text())
-NOISE = json.loads((TESTDATA / "noise_IK_IKpsk2_25519_ChaChaPoly_BLAKE2s.json").read_text())
+WG = load("wireguard_vectors.json")
+NOISE = load("noise_IK_IKpsk2_25519_ChaChaPoly_BLAKE2s.json")
 H = bytes.fromhex
 
 
