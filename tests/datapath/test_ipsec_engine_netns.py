@@ -33,7 +33,8 @@ from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import BRIDGE, TopologyPlan
 from ciphermesh.lab.wire import WireReport, analyse_capture
-from tests.support.netns import TUN, built_lab, pod_cidr, wait_until, wire_nodes
+from tests.support.netns import TUN, built_lab, pod_cidr, wire_nodes
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -44,7 +44,6 @@ from tests.support.lab import (
     analyse,
     cli_json,
     error_line,
-    eventually,
     ip_json,
     lab_with_pods,
     node_entries,
@@ -53,9 +52,10 @@ from tests.support.lab import (
     reach_all,
     replies,
     run_cli,
-    unique_lab,
     wait_for_line,
 )
+from tests.support.names import unique_lab
+from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -70,7 +70,7 @@ ENGINE_TUN = "cm_ipsec"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with lab_with_pods(unique_lab(), *IPSEC) as (info, pods):
+    with lab_with_pods(unique_lab("lf"), *IPSEC) as (info, pods):
         yield Lab(info, pods)
 
 
@@ -91,7 +91,9 @@ def _tun_present(lab: Lab, node: str) -> bool:
 
 def _kill(pid: int, signum: signal.Signals, timeout: float) -> float:
     os.kill(pid, signum)
-    return eventually(lambda: not pid_alive(pid), timeout, f"pid {pid} ends after {signum.name}")
+    start = time.monotonic()
+    wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} ends after {signum.name}")
+    return time.monotonic() - start
 
 
 def test_up_reports_contract_fields_and_esp_is_on_the_wire(ready_lab: Lab) -> None:
@@ -164,12 +166,12 @@ def test_sigkilled_agent_fails_closed_and_recovers_on_restart(ready_lab: Lab, tm
         a_to_b = BackgroundPing(a, b.ip, tmp_path / "a_to_b.txt")
         b_to_a = BackgroundPing(b, a.ip, tmp_path / "b_to_a.txt")
         try:
-            eventually(lambda: bool(a_to_b.replies() and b_to_a.replies()), 10.0, "both pings answered")
+            wait_until(lambda: bool(a_to_b.replies() and b_to_a.replies()), 10.0, "both pings answered")
             _kill(pid, signal.SIGKILL, 5.0)
             killed_at = time.time()
             # The TUN goes with the engine's fd (the kernel unregisters it just after the exit): what was
             # routed into it then meets `unreachable`.
-            eventually(lambda: not _tun_present(lab, "node-2"), 5.0, "node-2's TUN gone")
+            wait_until(lambda: not _tun_present(lab, "node-2"), 5.0, "node-2's TUN gone")
             assert agent_status(lab.info, "node-2") is None
             assert replies(a, b.ip, 3) == 0
             assert replies(b, a.ip, 3) == 0
@@ -180,7 +182,7 @@ def test_sigkilled_agent_fails_closed_and_recovers_on_restart(ready_lab: Lab, tm
             reach_all(lab.all_pods())
             # The pings that ran all along get answers again: nobody restarted them.
             flows = (a_to_b, b_to_a)
-            eventually(lambda: all(max(flow.replies(), default=0) > restarted_at for flow in flows), 10.0,
+            wait_until(lambda: all(max(flow.replies(), default=0) > restarted_at for flow in flows), 10.0,
                        "the running pings answered again")
         finally:
             received = {"a->b": a_to_b.stop(), "b->a": b_to_a.stop()}
@@ -217,7 +219,7 @@ def test_etcd_restart_agents_reconnect_and_follow_changes(ready_lab: Lab, tmp_pa
         statuses = [agent_status(lab.info, node) for node in NODES]
         return all(s is not None and any("store" in e for e in s["errors"]) for s in statuses)
 
-    eventually(outage_seen, 15.0, "every agent reports the store unreachable")
+    wait_until(outage_seen, 15.0, "every agent reports the store unreachable")
     restarted = start_etcd(root)
     assert restarted.unix_url == lab.info.store
 
@@ -233,8 +235,8 @@ def test_etcd_restart_agents_reconnect_and_follow_changes(ready_lab: Lab, tmp_pa
         nodes = cli_json("encryption", "status", "--lab", lab.name)["nodes"]
         return all(node["keyID"] == new_id and node["agent"] == "ready" for node in nodes)
 
-    eventually(followed, 20.0, f"every agent on key ID {new_id}")
-    eventually(lambda: all(not n["errors"] for n in node_entries(lab.name).values()), 20.0,
+    wait_until(followed, 20.0, f"every agent on key ID {new_id}")
+    wait_until(lambda: all(not n["errors"] for n in node_entries(lab.name).values()), 20.0,
                "store errors cleared on every node")
     status = cli_json("status", "--lab", lab.name)
     assert status["operator"]["running"]
@@ -257,7 +259,7 @@ def test_sigterm_stops_agent_cleanly_and_restart_brings_it_back(ready_lab: Lab) 
     # Gone from the store at once: the agent revoked its lease (expiry would take the 10 s TTL).
     with connect(lab.info) as store:
         assert "node-3" not in {node.value.name for node in store.list_nodes()}
-    eventually(lambda: not _tun_present(lab, "node-3"), 5.0, "node-3's TUN gone")
+    wait_until(lambda: not _tun_present(lab, "node-3"), 5.0, "node-3's TUN gone")
     node3 = lab.info.netns_of("node-3")
     remote = [r for r in ip_json(node3, "route", "show", "proto", "151") if r.get("type") != "unreachable"]
     assert remote == [], remote
@@ -346,7 +348,7 @@ def test_crash_mid_apply_converges_on_restart(ready_lab: Lab) -> None:
     assert damaged[:3] != expected[:3]
     start_agent(lab.info, "node-1")
     wait_ready(lab.info, READY_TIMEOUT)
-    eventually(lambda: _datapath(lab, "node-1") == expected, 10.0, "node-1's datapath converges")
+    wait_until(lambda: _datapath(lab, "node-1") == expected, 10.0, "node-1's datapath converges")
     reach_all(lab.all_pods())
 
 
@@ -356,7 +358,9 @@ def test_periodic_resync_repairs_a_live_node(ready_lab: Lab) -> None:
     expected = _expected_datapath(lab, "node-2")
     assert _datapath(lab, "node-2") == expected
     _damage(lab, "node-2", victim="node-1", misdirected="node-3")
-    took = eventually(lambda: _datapath(lab, "node-2") == expected, 15.0, "node-2's datapath repaired")
+    start = time.monotonic()
+    wait_until(lambda: _datapath(lab, "node-2") == expected, 15.0, "node-2's datapath repaired")
+    took = time.monotonic() - start
     print(f"repaired within {took:.1f} s")
     assert agent_pid(lab.info, "node-2") == pid
     reach_all(lab.all_pods())

@@ -26,16 +26,16 @@ from tests.support.lab import (
     assert_lab_gone,
     cli_json,
     error_line,
-    eventually,
     lab_guard,
     lab_pids,
     node_entries,
     pod_cidrs,
     reach_all,
     run_cli,
-    unique_lab,
 )
+from tests.support.names import unique_lab
 from tests.support.netns import host_snapshot
+from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -68,7 +68,7 @@ def _assert_nothing_built(lab: str) -> None:
     ],
 )
 def test_bad_values_are_refused_before_anything_is_built(args: tuple[str, ...], named: str) -> None:
-    lab = unique_lab()
+    lab = unique_lab("lf")
     with lab_guard(lab):
         line = error_line(run_cli("lab", "up", "--name", lab, *args))
         assert named in line
@@ -76,7 +76,7 @@ def test_bad_values_are_refused_before_anything_is_built(args: tuple[str, ...], 
 
 
 def test_a_bad_values_file_and_a_bad_lab_name_are_refused(tmp_path: Path) -> None:
-    lab = unique_lab()
+    lab = unique_lab("lf")
     values = tmp_path / "values.yaml"
     values.write_text("encryption:\n  enabled: true\n  typ: ipsec\n")
     with lab_guard(lab):
@@ -87,7 +87,7 @@ def test_a_bad_values_file_and_a_bad_lab_name_are_refused(tmp_path: Path) -> Non
 
 
 def test_a_pool_too_small_names_the_node_and_the_pool() -> None:
-    lab = unique_lab()
+    lab = unique_lab("lf")
     with lab_guard(lab):
         up = run_cli("lab", "up", "--name", lab, "--nodes", "3",
                      "--set", f"{POOL}={{10.0.0.0/23}}", "--set", f"{MASK}=24")
@@ -115,12 +115,12 @@ def _sigkill_everything(lab: str) -> set[int]:
     assert len(daemons) == 4  # two agents, the operator, etcd
     for pid in daemons:
         os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not any(pid_alive(pid) for pid in daemons), 5.0, "every daemon dead")
+    wait_until(lambda: not any(pid_alive(pid) for pid in daemons), 5.0, "every daemon dead")
     return daemons
 
 
 def test_leftovers_of_a_crashed_lab_are_refused_then_cleaned_up() -> None:
-    lab = unique_lab()
+    lab = unique_lab("lf")
     with lab_guard(lab):
         before = host_snapshot()
         up = run_cli("lab", "up", "--name", lab, "--nodes", "2")
@@ -152,7 +152,7 @@ def test_leftovers_of_a_crashed_lab_are_refused_then_cleaned_up() -> None:
 @pytest.fixture
 def decoys() -> Iterator[tuple[str, list[str], Path, subprocess.Popen[bytes]]]:
     """A lab name, namespaces and a state dir that look like that lab's but are not, and a process."""
-    lab = unique_lab()
+    lab = unique_lab("lf")
     names = [f"{lab}x-node-1", f"{lab}-keep", f"{lab}-node-01"]
     state = lab_root() / f"{lab}x"
     process: subprocess.Popen[bytes] | None = None
@@ -189,7 +189,7 @@ def test_lab_down_of_a_lab_that_never_existed_touches_nothing(
 
 
 def test_without_encryption_the_capture_sees_plaintext(tmp_path: Path) -> None:
-    lab = unique_lab()
+    lab = unique_lab("lf")
     with lab_guard(lab):
         up = run_cli("lab", "up", "--name", lab, "--nodes", "2")
         assert up.returncode == 0, up.stderr

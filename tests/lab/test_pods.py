@@ -14,7 +14,8 @@ from ciphermesh.lab import netns
 from ciphermesh.lab.pods import PodError, create_pod, delete_pod, host_ifname, list_pods
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.topology import TopologyPlan
-from tests.support.netns import MTUS, built_lab, ip_json, pod_cidr, wait_until, wire_nodes
+from tests.support.netns import MTUS, built_lab, ip_json, pod_cidr, wire_nodes
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -7,6 +7,7 @@ and it was switched to WireGuard while the others run IPsec.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -25,7 +26,6 @@ from tests.support.lab import (
     UnderlayCapture,
     analyse,
     error_line,
-    eventually,
     lab_with_pods,
     node_entries,
     ping,
@@ -33,8 +33,9 @@ from tests.support.lab import (
     reach_all,
     replies,
     run_cli,
-    unique_lab,
 )
+from tests.support.names import unique_lab
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -44,7 +45,7 @@ WITHHELD = "cilium-ipsec-keys-withheld"
 
 @pytest.fixture(scope="module")
 def strict_lab() -> Iterator[tuple[LabInfo, dict[str, PodRecord]]]:
-    with lab_with_pods(unique_lab(), *STRICT) as lab:
+    with lab_with_pods(unique_lab("lf"), *STRICT) as lab:
         yield lab
 
 
@@ -99,8 +100,8 @@ def test_peer_with_withheld_key_gets_nothing_in_clear_and_resumes_with_it(
     a, b, c = pods["node-1"], pods["node-2"], pods["node-3"]
     reach_all([a, b, c])
     _restart_node3(info, tmp_path, {"encryption.ipsec.secretName": WITHHELD})
-    eventually(lambda: _waiting(info, "node-3", "no valid IPsec key"), 20.0, "node-3 waits for its key")
-    eventually(lambda: _waiting(info, "node-1", "node-3: has not published an IPsec key ID"), 20.0,
+    wait_until(lambda: _waiting(info, "node-3", "no valid IPsec key"), 20.0, "node-3 waits for its key")
+    wait_until(lambda: _waiting(info, "node-1", "node-3: has not published an IPsec key ID"), 20.0,
                "node-1 sees node-3 without a key")
     with UnderlayCapture(info.name, tmp_path / "withheld.pcap") as capture:
         assert replies(a, c.ip, 3) == 0
@@ -112,12 +113,14 @@ def test_peer_with_withheld_key_gets_nothing_in_clear_and_resumes_with_it(
         router3 = IPv4Address(node_entries(info.name)["node-3"]["routerIP"])
         inject_plaintext(info.netns_of("node-1"), src=IPv4Address(a.ip), dst=router3, device=CILIUM_VXLAN,
                          payload=marker)
-        eventually(lambda: _strict_drops(info, "node-1") > before, 5.0, "node-1 counts the drop")
+        wait_until(lambda: _strict_drops(info, "node-1") > before, 5.0, "node-1 counts the drop")
         with connect(info) as store:
             secret = store.get_key_secret(name="cilium-ipsec-keys")
             assert secret is not None
             store.put_key_secret(secret.value.keys, name=WITHHELD, expect_revision=0)
-        took = eventually(lambda: ping(a, c.ip), 20.0, "node-1's pod reaches node-3's once the key is there")
+        start = time.monotonic()
+        wait_until(lambda: ping(a, c.ip), 20.0, "node-1's pod reaches node-3's once the key is there")
+        took = time.monotonic() - start
         print(f"traffic resumed {took:.2f} s after the key was written")
         reach_all([a, b, c])
         pcap = capture.stop()
@@ -137,9 +140,9 @@ def test_node_switched_to_wireguard_is_isolated_without_plaintext_and_switches_b
     reach_all(list(pods.values()))
     with UnderlayCapture(info.name, tmp_path / "switch.pcap") as capture:
         _restart_node3(info, tmp_path, {"encryption.type": "wireguard"})
-        eventually(lambda: _waiting(info, "node-1", "node-3: runs encryption mode wireguard"), 20.0,
+        wait_until(lambda: _waiting(info, "node-1", "node-3: runs encryption mode wireguard"), 20.0,
                    "node-1 holds node-3's pods")
-        eventually(lambda: _waiting(info, "node-3", "node-1: runs encryption mode ipsec"), 20.0,
+        wait_until(lambda: _waiting(info, "node-3", "node-1: runs encryption mode ipsec"), 20.0,
                    "node-3 holds node-1's pods")
         assert replies(c, a.ip, 3) == 0
         assert replies(a, c.ip, 3) == 0

@@ -9,7 +9,9 @@ import pytest
 
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan, build, choose_subnet, host_networks, teardown
-from tests.support.netns import built_lab, ip_json, unique_lab, wait_until
+from tests.support.names import unique_lab
+from tests.support.netns import built_lab, ip_json
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -66,7 +68,7 @@ def test_build_is_idempotent_and_repairs_half_a_veth_pair(lab: TopologyPlan) -> 
 
 
 def test_teardown_removes_crash_leftovers_and_only_the_lab() -> None:
-    lab = unique_lab()
+    lab = unique_lab("cmt")
     leftover = netns.NETNS_DIR / f"{lab}-node-7"
     others = [f"{lab}-other", f"{lab}9-node-1"]
     sleeper = None

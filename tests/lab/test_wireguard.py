@@ -10,6 +10,7 @@ import secrets
 import signal
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,6 @@ from tests.support.lab import (
     UnderlayCapture,
     analyse,
     cli_json,
-    eventually,
     ip_json,
     lab_with_pods,
     node_entries,
@@ -37,6 +37,7 @@ from tests.support.lab import (
     replies,
     run_cli,
 )
+from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -156,7 +157,7 @@ def test_agent_restart_keeps_the_public_key(ready_lab: WgLab) -> None:
     pid = agent_pid(lab.info, "node-2")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not pid_alive(pid), 5.0, "the SIGKILLed agent ends")
+    wait_until(lambda: not pid_alive(pid), 5.0, "the SIGKILLed agent ends")
     start_agent(lab.info, "node-2")
     wait_ready(lab.info, READY_TIMEOUT)
     assert node_entries(lab.name)["node-2"]["bootID"] != boot
@@ -177,7 +178,9 @@ def test_a_record_stripped_of_its_public_key_gets_it_back(ready_lab: WgLab, tmp_
         # As a hand edit (or Cilium's #25492) would leave it: peers hold node-3 until the key is back.
         with connect(lab.info) as store:
             store.update_node("node-3", lambda node: replace(node, annotations={}))
-        took = eventually(lambda: _published_keys(lab)["node-3"] == key, 10.0, "node-3's key published again")
+        start = time.monotonic()
+        wait_until(lambda: _published_keys(lab)["node-3"] == key, 10.0, "node-3's key published again")
+        took = time.monotonic() - start
         print(f"public key back in the record after {took:.2f} s")
         reach_all(list(lab.pods.values()), timeout=10.0)
         report = analyse(capture, pod_cidrs(lab.name))
@@ -197,12 +200,12 @@ def test_peers_follow_nodes_leaving_and_coming_back(ready_lab: WgLab) -> None:
     pid = agent_pid(lab.info, "node-3")
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    eventually(lambda: not pid_alive(pid), 10.0, "the agent of node-3 stops")
+    wait_until(lambda: not pid_alive(pid), 10.0, "the agent of node-3 stops")
     # A clean stop revokes node-3's record: the others drop it as a WireGuard peer.
-    eventually(lambda: _peer_keys(lab, "node-1") == {keys["node-2"]}, 15.0, "node-1 drops node-3")
+    wait_until(lambda: _peer_keys(lab, "node-1") == {keys["node-2"]}, 15.0, "node-1 drops node-3")
     start_agent(lab.info, "node-3")
     wait_ready(lab.info, READY_TIMEOUT)
-    eventually(lambda: _peer_keys(lab, "node-1") == {keys["node-2"], keys["node-3"]}, 15.0,
+    wait_until(lambda: _peer_keys(lab, "node-1") == {keys["node-2"], keys["node-3"]}, 15.0,
                "node-1 has node-3 back")
     reach_all(list(lab.pods.values()), timeout=15.0)
 
@@ -212,7 +215,7 @@ def _restart_agent_as_ipsec(lab: WgLab, node: str) -> None:
     pid = agent_pid(lab.info, node)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not pid_alive(pid), 5.0, f"the agent of {node} ends")
+    wait_until(lambda: not pid_alive(pid), 5.0, f"the agent of {node} ends")
     paths = lab.info.paths
     argv = [sys.executable, "-m", "ciphermesh", "agent", "--store", lab.info.store, "--cluster", lab.name,
             "-f", str(paths.values), "--set", "encryption.type=ipsec", "--node", node,
@@ -231,9 +234,9 @@ def test_a_node_in_another_mode_is_refused_without_plaintext(ready_lab: WgLab, t
     a, c = lab.pods["node-1"], lab.pods["node-3"]
     _restart_agent_as_ipsec(lab, "node-3")
     mismatch = "node-3: runs encryption mode ipsec, this node wireguard"
-    eventually(lambda: any(w.startswith(mismatch) for w in _waiting(lab, "node-1")), 20.0,
+    wait_until(lambda: any(w.startswith(mismatch) for w in _waiting(lab, "node-1")), 20.0,
                "node-1 names node-3's mode")
-    eventually(lambda: any(w.startswith("node-1: runs encryption mode wireguard, this node ipsec")
+    wait_until(lambda: any(w.startswith("node-1: runs encryption mode wireguard, this node ipsec")
                            for w in _waiting(lab, "node-3")), 20.0, "node-3 names node-1's mode")
     with UnderlayCapture(lab.name, tmp_path / "mismatch.pcap") as capture:
         assert replies(a, c.ip, 3) == 0
@@ -243,7 +246,7 @@ def test_a_node_in_another_mode_is_refused_without_plaintext(ready_lab: WgLab, t
     pid = agent_pid(lab.info, "node-3")
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    eventually(lambda: not pid_alive(pid), 10.0, "the IPsec agent of node-3 stops")
+    wait_until(lambda: not pid_alive(pid), 10.0, "the IPsec agent of node-3 stops")
     start_agent(lab.info, "node-3")
     wait_ready(lab.info, READY_TIMEOUT)
     reach_all(list(lab.pods.values()), timeout=15.0)

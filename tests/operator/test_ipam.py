@@ -19,7 +19,8 @@ from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import PodCIDRTimeoutError
 from ciphermesh.store.etcd_store import EtcdNodeRegistration, EtcdStore
 from ciphermesh.store.model import IPAMAllocation, Node
-from tests.support.etcd import EtcdFixture, etcd, wait_for
+from tests.support.etcd import EtcdFixture, etcd
+from tests.support.wait import wait_until
 
 __all__ = ["etcd"]
 
@@ -142,7 +143,7 @@ def test_an_exhausted_pool_is_an_error_in_words_then_a_released_cidr_is_reused(
     assert one.wait_for_pod_cidrs(15) == ("10.0.0.0/24",)
     assert two.wait_for_pod_cidrs(15) == ("10.0.1.0/24",)
     message = "IPAM: pool 10.0.0.0/23 exhausted: no /24 left for node-3"
-    wait_for(
+    wait_until(
         lambda: (n := store.get_node("node-3")) is not None and message in n.value.errors, 15, "the error"
     )
     with pytest.raises(PodCIDRTimeoutError, match=f"^node node-3 has no pod CIDR after 1 s: {message}$"):
@@ -172,7 +173,7 @@ def test_recorded_cidrs_are_adopted_and_conflicts_reported(
         nodes = {n.value.name: n.value for n in store.list_nodes()}
         return nodes["node-3"].ipam_error is not None and nodes["node-4"].ipam_error is not None
 
-    wait_for(errors_written, 15, "the conflict errors")
+    wait_until(errors_written, 15, "the conflict errors")
     nodes = {n.value.name: n.value for n in store.list_nodes()}
     assert nodes["node-3"].ipam_error == "IPAM: podCIDR 10.0.0.0/24 of node-3 is already allocated to node-1"
     assert nodes["node-4"].ipam_error == (
@@ -274,7 +275,7 @@ def test_two_operator_processes_racing_over_churning_nodes(
     operator_processes: list[subprocess.Popen[bytes]],
     register: Callable[[Node], EtcdNodeRegistration],
 ) -> None:
-    wait_for(lambda: len(store.list_operators()) == 2, 30, "both operators to register")
+    wait_until(lambda: len(store.list_operators()) == 2, 30, "both operators to register")
     # 32 blocks of /29: nodes arrive concurrently, some leave, more arrive than fit.
     registrations: dict[int, EtcdNodeRegistration] = {}
     lock = threading.Lock()
@@ -301,14 +302,14 @@ def test_two_operator_processes_racing_over_churning_nodes(
         return len(nodes) == 38 and held == 32 and all(n.pod_cidrs or n.ipam_error for n in nodes)
 
     # 38 nodes want 32 blocks: every block in use, the six left over say why.
-    wait_for(settled, 60, "every block to be used and every other node to have an error")
+    wait_until(settled, 60, "every block to be used and every other node to have an error")
     _assert_consistent(store)
     assert len(store.list_allocations()) == 32
     assert all(proc.poll() is None for proc in operator_processes)
     for proc in operator_processes:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-    wait_for(lambda: store.list_operators() == [], 5, "the operators to deregister")
+    wait_until(lambda: store.list_operators() == [], 5, "the operators to deregister")
 
 
 def test_the_operator_carries_on_after_an_etcd_restart(

@@ -17,7 +17,8 @@ from ciphermesh.keys import KeyLine, next_key_id, parse_secret
 from ciphermesh.lab.cluster import LabInfo, connect
 from ciphermesh.lab.inspect import encryption_status
 from ciphermesh.lab.rotation_progress import follow_rotation
-from tests.support.rotation import assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import assert_no_loss, ping_mesh, rotation_lab
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -86,9 +87,9 @@ def test_bad_secrets_are_refused_and_traffic_flows(tmp_path: Path) -> None:
             for what, build, reason in BAD_SECRETS:
                 material = secrets.token_hex(20)
                 _write_raw(info, build(current, material))
-                nodes = wait_until(f"every node to refuse the {what}",
-                                   functools.partial(_all_refused, info, current.key_id, reason),
-                                   timeout=REFUSED_WITHIN, detail=functools.partial(_problems, info))
+                nodes = wait_until(functools.partial(_all_refused, info, current.key_id, reason),
+                                   REFUSED_WITHIN, f"every node to refuse the {what}", interval=0.2,
+                                   detail=functools.partial(_problems, info))
                 for node in nodes:
                     assert node["keyID"] == current.key_id, (what, node)
                     assert all(peer["outSPI"] == current.key_id for peer in node["peers"]), (what, node)

@@ -16,7 +16,8 @@ import pytest
 
 from ciphermesh.keys import next_key_id
 from ciphermesh.lab.cluster import LabInfo, connect
-from tests.support.rotation import RotationLab, assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import RotationLab, assert_no_loss, ping_mesh, rotation_lab
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -96,7 +97,7 @@ def test_scheduled_rotation_loses_no_ping(tmp_path: Path) -> None:
 
         with ping_mesh(lab) as mesh:
             started = time.monotonic()
-            wait_until("two scheduled rotations", rotated_twice, timeout=40, poll=0.2)
+            wait_until(rotated_twice, 40, "two scheduled rotations", interval=0.2)
             lab.wait_settled(seen[-1][1])
             pings = mesh.stop()
 

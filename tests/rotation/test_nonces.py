@@ -24,7 +24,8 @@ from ciphermesh.lab.inspect import TunnelSA, security_associations
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.rotation_progress import follow_rotation
 from ciphermesh.pcap import parse_pcap, strip_ethernet
-from tests.support.rotation import ping_mesh, rotation_lab, underlay_tap, wait_until
+from tests.support.rotation import ping_mesh, rotation_lab, underlay_tap
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -105,7 +106,7 @@ def test_no_nonce_repeats_across_an_agent_restart(tmp_path: Path) -> None:
             assert pid is not None
             restarted_ns = time.time_ns()
             os.kill(pid, signal.SIGKILL)
-            wait_until("the agent to exit", lambda: not pid_alive(pid), timeout=10, poll=0.05)
+            wait_until(lambda: not pid_alive(pid), 10, "the agent to exit", interval=0.05)
             start_agent(info, RESTARTED)
 
             def new_boot_everywhere() -> bool:
@@ -114,15 +115,15 @@ def test_no_nonce_repeats_across_an_agent_restart(tmp_path: Path) -> None:
                     record = next(v.value for v in store.list_nodes() if v.value.name == RESTARTED)
                 return status is not None and status["bootID"] == record.boot_id != old_boot["bootID"]
 
-            wait_until("the new boot ID in the store", new_boot_everywhere, timeout=30)
+            wait_until(new_boot_everywhere, 30, "the new boot ID in the store", interval=0.2)
             key_id = before_sas[0].spi
             moving = follow_rotation(info, key_id, start=time.monotonic(), timeout=30,
                                      until=lambda progress: progress.all_settled)
             assert moving.settled is not None, moving.last.describe()
             # Its peers use the new keys once their pings get through (it opens nothing else).
             for pod in ("p1", "p3"):
-                wait_until(f"{pod} to reach p2",
-                           functools.partial(_pings, lab.pods[pod].netns, lab.pods["p2"].ip), timeout=30)
+                wait_until(functools.partial(_pings, lab.pods[pod].netns, lab.pods["p2"].ip), 30,
+                           f"{pod} to reach p2", interval=0.2)
             converged_ns = time.time_ns()
             time.sleep(3)
             mesh.stop()

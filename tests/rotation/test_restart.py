@@ -12,7 +12,8 @@ import pytest
 from ciphermesh.lab.cluster import agent_pid, agent_status, connect, start_agent
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.rotation_progress import follow_rotation
-from tests.support.rotation import PING_TAIL_ALLOWANCE, assert_no_loss, ping_mesh, rotation_lab, wait_until
+from tests.support.rotation import PING_TAIL_ALLOWANCE, assert_no_loss, ping_mesh, rotation_lab
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -37,7 +38,7 @@ def test_an_agent_restarted_mid_rotation_converges(tmp_path: Path, signum: signa
             assert pid is not None
             killed_at = time.time()
             os.kill(pid, signum)
-            wait_until(f"{RESTARTED}'s agent to exit", lambda: not pid_alive(pid), timeout=15, poll=0.05)
+            wait_until(lambda: not pid_alive(pid), 15, f"{RESTARTED}'s agent to exit", interval=0.05)
             start_agent(info, RESTARTED)
             timeline = lab.wait_settled(key_id)
             converged_at = time.time()

@@ -23,7 +23,8 @@ from ciphermesh.store.etcd_client import (
     mod_revision_is,
     prefix_end,
 )
-from tests.support.etcd import EtcdFixture, etcd, wait_for
+from tests.support.etcd import EtcdFixture, etcd
+from tests.support.wait import wait_until
 
 __all__ = ["etcd"]
 
@@ -91,7 +92,7 @@ def test_lease_keeps_a_key_until_it_expires(client: EtcdClient) -> None:
         time.sleep(1)
         assert client.lease_keepalive(lease.id) == 2
     assert client.get(b"/leased") is not None
-    wait_for(lambda: client.get(b"/leased") is None, 6, "the leased key to go")
+    wait_until(lambda: client.get(b"/leased") is None, 6, "the leased key to go")
     assert client.lease_time_to_live(lease.id) == -1
     with pytest.raises(LeaseNotFoundError):
         client.lease_keepalive(lease.id)

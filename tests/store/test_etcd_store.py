@@ -28,7 +28,8 @@ from ciphermesh.store.etcd_client import EtcdClient
 from ciphermesh.store.etcd_store import EtcdStore
 from ciphermesh.store.model import IPAMAllocation, KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
-from tests.support.etcd import EtcdFixture, TcpProxy, etcd, proxy_factory, wait_for
+from tests.support.etcd import EtcdFixture, TcpProxy, etcd, proxy_factory
+from tests.support.wait import wait_until
 
 __all__ = ["etcd", "proxy_factory"]
 
@@ -172,14 +173,14 @@ def test_a_lost_lease_is_replaced_and_the_node_published_again(
             assert view.claim_pod_cidr(node, IPAMAllocation("10.0.1.0/24", "node-1"))
             registration.wait_for_pod_cidrs(5)
             proxy.cut()  # the agent cannot reach etcd for longer than its TTL
-            wait_for(lambda: view.get_node("node-1") is None, 10, "the node to expire")
-            wait_for(lambda: registration.last_error is not None, 5, "the agent to notice")
+            wait_until(lambda: view.get_node("node-1") is None, 10, "the node to expire")
+            wait_until(lambda: registration.last_error is not None, 5, "the agent to notice")
             proxy.restore()
-            wait_for(lambda: view.get_node("node-1") is not None, 10, "the node to come back")
+            wait_until(lambda: view.get_node("node-1") is not None, 10, "the node to come back")
             back = view.get_node("node-1")
             assert back is not None and back.value.pod_cidrs == ("10.0.1.0/24",)
             assert registration.renewals == 1
-            wait_for(lambda: registration.last_error is None, 5, "keepalives to work again")
+            wait_until(lambda: registration.last_error is None, 5, "keepalives to work again")
         finally:
             registration.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 from ciphermesh.config import load_values
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabInfo, lab_down, lab_up
+from tests.support.names import unique_lab
 
 IPSEC = ("encryption.enabled=true", "encryption.type=ipsec")
 
@@ -18,10 +18,6 @@ IPSEC = ("encryption.enabled=true", "encryption.type=ipsec")
 def _quiet(_message: str) -> None:
     """Progress that says nothing."""
 
-
-def unique_lab(prefix: str) -> str:
-    """`prefix` and 4 random hex digits: a valid lab name (<= 8 chars) no other test uses."""
-    return prefix + secrets.token_hex(2)
 
 
 @contextlib.contextmanager

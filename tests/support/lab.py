@@ -8,13 +8,12 @@ import io
 import json
 import os
 import re
-import secrets
 import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Network
@@ -31,14 +30,11 @@ from ciphermesh.lab.state import LabPaths
 from ciphermesh.lab.wire import WireReport, analyse_capture
 from ciphermesh.store.etcd_process import read_record
 from tests.support.netns import HostSnapshot, host_snapshot
+from tests.support.wait import wait_until
 
 IPSEC = ("--set", "encryption.enabled=true", "--set", "encryption.type=ipsec")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 
-
-def unique_lab() -> str:
-    """`lf` and 4 random hex digits: a valid lab name that no other test uses."""
-    return "lf" + secrets.token_hex(2)
 
 
 def quiet(_message: str) -> None:
@@ -73,15 +69,6 @@ def error_line(result: subprocess.CompletedProcess[str], *, alone: bool = True) 
     return errors[0]
 
 
-def eventually(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until `condition` holds; the seconds it took. AssertionError naming `what` if it never does."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-    return time.monotonic() - start
-
 
 def replies(pod: PodRecord, address: str, count: int) -> int:
     """How many of `count` echo requests from the pod got a reply (each waits at most a second)."""
@@ -102,7 +89,7 @@ def reach_all(pods: Sequence[PodRecord], timeout: float = 10.0) -> None:
     for src in pods:
         for dst in pods:
             if src != dst:
-                eventually(partial(ping, src, dst.ip), timeout, f"{src.name} -> {dst.name} ({dst.ip})")
+                wait_until(partial(ping, src, dst.ip), timeout, f"{src.name} -> {dst.name} ({dst.ip})")
 
 
 def wait_for_line(process: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
@@ -220,7 +207,7 @@ def processes_naming(path: Path) -> set[int]:
 
 def assert_lab_gone(lab: str, pids: set[int], before: HostSnapshot) -> None:
     """Nothing of the lab is left, and the machine's own namespace is as it was before the lab."""
-    eventually(lambda: not any(pid_alive(pid) for pid in pids), 5.0, f"processes {sorted(pids)} of {lab} end")
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), 5.0, f"processes {sorted(pids)} of {lab} end")
     assert not netns.lab_residue(lab)
     assert not processes_naming(LabPaths.of(lab).root)
     root = LabPaths.of(lab).root

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import select
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -24,13 +23,11 @@ from ciphermesh.datapath.tun import TunDevice
 from ciphermesh.datapath.vxlan_peers import VxlanPeer, reconcile_vxlan_peers
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan, build, choose_subnet, host_networks, plan_topology, teardown
+from tests.support.names import unique_lab
 
 TUN = "cm_tun0"
 MTUS = plan_mtus("ipsec")
 
-
-def unique_lab() -> str:
-    return "cmt" + secrets.token_hex(2)
 
 
 def pod_cidr(index: int) -> IPv4Network:
@@ -67,7 +64,7 @@ def host_snapshot() -> HostSnapshot:
 @contextlib.contextmanager
 def built_lab(nodes: int, lab: str | None = None) -> Iterator[TopologyPlan]:
     """A lab topology that is torn down even when the test fails; on success, checks nothing was left."""
-    lab = lab or unique_lab()
+    lab = lab or unique_lab("cmt")
     before = host_snapshot()
     plan = plan_topology(lab, nodes, choose_subnet(host_networks()))
     try:
@@ -84,13 +81,6 @@ def built_lab(nodes: int, lab: str | None = None) -> Iterator[TopologyPlan]:
     assert after.rules == before.rules
     assert not {name for name in after.netns ^ before.netns if name.startswith(f"{lab}-")}
 
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def make_persistent_tun(netns_name: str, name: str = TUN) -> None:

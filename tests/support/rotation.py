@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from ciphermesh.config import load_values
 from ciphermesh.lab import netns
@@ -25,9 +25,9 @@ from ciphermesh.lab.pod_registry import PodRecord, run_pod
 from ciphermesh.lab.rotation_progress import RotationTimeline, follow_rotation
 from ciphermesh.lab.wire import WireReport, analyse_capture
 from ciphermesh.pcap import build_pcap, parse_pcap
-from tests.support.cluster import IPSEC, ciphermesh, unique_lab
+from tests.support.cluster import IPSEC, ciphermesh
+from tests.support.names import unique_lab
 
-T = TypeVar("T")
 PING_INTERVAL = "0.01"
 # Replies still in flight when ping is interrupted are not losses; 50 (0.5 s at 10 ms) covers a slow RTT.
 PING_TAIL_ALLOWANCE = 50
@@ -35,21 +35,6 @@ STREAM_SCRIPT = Path(__file__).with_name("rotation_stream.py")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [0-9.]+: icmp_seq=(\d+) ", re.MULTILINE)
 _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
-
-def wait_until(
-    what: str, check: Callable[[], T | None], timeout: float, poll: float = 0.2,
-    detail: Callable[[], object] | None = None,
-) -> T:
-    """The first truthy value of `check()`; fails naming `what` (and `detail()`) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = f"; last seen: {detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{seen}")
-        time.sleep(poll)
 
 
 @dataclass

@@ -15,10 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.wait import wait_until
 
 PYTHON = sys.executable
 GO_UNDERLAY = "192.168.231.2"
@@ -40,14 +41,6 @@ def wg_key() -> tuple[str, str]:
     public = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True)
     return private, public.stdout.strip()
 
-
-def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -134,7 +127,7 @@ class WgPair:
     def start_go(self, config: str) -> None:
         self.spawn("go", "ip", "netns", "exec", self.ns_go, "wireguard-go", "-f", self.if_go)
         uapi = Path(f"/var/run/wireguard/{self.if_go}.sock")
-        wait_for(uapi.exists, 10, "wireguard-go's UAPI socket")
+        wait_until(uapi.exists, 10, "wireguard-go's UAPI socket")
         path = self.workdir / "go.conf"
         path.write_text(config)
         run("ip", "netns", "exec", self.ns_go, "wg", "setconf", self.if_go, str(path))
@@ -180,7 +173,7 @@ class WgPair:
         before = self.log("ours").count(up)  # the log keeps earlier runs of this test
         proc = self.spawn("ours", *command, "--config", str(path), *socket_args, *extra)
         started = lambda: self.log("ours").count(up) > before or proc.poll() is not None  # noqa: E731
-        wait_for(started, 20, "our engine to come up")
+        wait_until(started, 20, "our engine to come up")
         assert proc.poll() is None, self.log("ours")
         return proc
 
@@ -204,7 +197,7 @@ class WgPair:
         port = "5299"
         self.spawn("iperf-server", "ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", port)
         listening = ["ip", "netns", "exec", server_ns, "ss", "-H", "-ltn", f"sport = :{port}"]
-        wait_for(lambda: bool(run(*listening, check=False).stdout.strip()), 20, "the iperf3 server")
+        wait_until(lambda: bool(run(*listening, check=False).stdout.strip()), 20, "the iperf3 server")
         try:
             client = ["iperf3", "-c", dst, "-p", port, "-t", str(seconds), "-J"]
             result = run("ip", "netns", "exec", client_ns, *client, check=False, timeout=seconds + 30)

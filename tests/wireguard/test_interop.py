@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_until
 from tests.support.wireguard_netns import (
     GO_TUNNEL,
     GO_UNDERLAY,
@@ -21,7 +22,6 @@ from tests.support.wireguard_netns import (
     PYTHON,
     WgPair,
     run,
-    wait_for,
     wg_key,
 )
 
@@ -119,7 +119,7 @@ def test_recovers_from_a_wireguard_go_restart(pair: WgPair) -> None:
     _ok(pair.ping(pair.ns_ours, GO_TUNNEL))
     pair.stop("go")
     gone = lambda: run("ip", "-n", pair.ns_go, "link", "show", pair.if_go, check=False).returncode != 0  # noqa: E731
-    wait_for(gone, 10, "wireguard-go's interface to go away")
+    wait_until(gone, 10, "wireguard-go's interface to go away")
     pair.start_go(pair.go_config(with_endpoint=False))
     # The restarted peer knows none of our sessions: we keep sending on old keys until the
     # Keepalive-Timeout + Rekey-Timeout timer makes us handshake again (15 s + jitter).
@@ -184,7 +184,7 @@ def test_sighup_reloads_peers_and_keeps_the_session(pair: WgPair) -> None:
     config += f"\n[Peer]\nPublicKey = {wg_key()[1]}\nAllowedIPs = 10.233.0.0/24\n"
     (pair.workdir / "ours.conf").write_text(config)
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: len(pair.status()["peers"]) == 2, 10, "the reloaded peers")
+    wait_until(lambda: len(pair.status()["peers"]) == 2, 10, "the reloaded peers")
     go_peer = next(p for p in pair.status()["peers"] if p["publicKey"] == pair.go_pub)
     assert go_peer["allowedIps"] == ["10.232.0.0/25"]
     _ok(pair.ping(pair.ns_ours, GO_TUNNEL, count=1))
