@@ -19,10 +19,8 @@ from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import PodCIDRTimeoutError
 from ciphermesh.store.etcd_store import EtcdNodeRegistration, EtcdStore
 from ciphermesh.store.model import IPAMAllocation, Node
-from tests.support.etcd import EtcdFixture, etcd
+from tests.support.etcd import EtcdFixture
 from tests.support.wait import wait_until
-
-__all__ = ["etcd"]
 
 CLUSTER = "cmtest"
 

@@ -23,10 +23,8 @@ from ciphermesh.store.etcd_client import (
     mod_revision_is,
     prefix_end,
 )
-from tests.support.etcd import EtcdFixture, etcd
+from tests.support.etcd import EtcdFixture
 from tests.support.wait import wait_until
-
-__all__ = ["etcd"]
 
 
 @pytest.fixture

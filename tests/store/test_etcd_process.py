@@ -20,9 +20,7 @@ from ciphermesh.store.etcd_process import (
     start_etcd,
     stop_etcd,
 )
-from tests.support.etcd import EtcdFixture, etcd
-
-__all__ = ["etcd"]
+from tests.support.etcd import EtcdFixture
 
 
 def _alive(pid: int) -> bool:

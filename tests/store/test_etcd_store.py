@@ -28,10 +28,8 @@ from ciphermesh.store.etcd_client import EtcdClient
 from ciphermesh.store.etcd_store import EtcdStore
 from ciphermesh.store.model import IPAMAllocation, KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
-from tests.support.etcd import EtcdFixture, TcpProxy, etcd, proxy_factory
+from tests.support.etcd import EtcdFixture, TcpProxy
 from tests.support.wait import wait_until
-
-__all__ = ["etcd", "proxy_factory"]
 
 T = TypeVar("T")
 

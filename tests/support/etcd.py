@@ -1,14 +1,11 @@
-"""Test helpers: a real etcd in a temp dir (always stopped), and a TCP proxy that can cut a client off."""
+"""A real etcd in a temp dir, and a TCP proxy that can cut a client off (fixtures in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from ciphermesh.store.etcd_process import EtcdInfo, start_etcd, stop_etcd
 
@@ -34,14 +31,6 @@ class EtcdFixture:
         self.stop()
         self.start()
 
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdFixture]:
-    fixture = EtcdFixture(tmp_path / "state")
-    try:
-        yield fixture
-    finally:
-        stop_etcd(fixture.state_dir)
 
 
 
@@ -107,18 +96,3 @@ class TcpProxy:
         self.cut()
         self._listener.close()
 
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[str], TcpProxy]]:
-    proxies: list[TcpProxy] = []
-
-    def make(target: str) -> TcpProxy:
-        proxy = TcpProxy(target)
-        proxies.append(proxy)
-        return proxy
-
-    try:
-        yield make
-    finally:
-        for proxy in proxies:
-            proxy.close()

@@ -6,9 +6,13 @@ import secrets
 
 # netns: bare topologies; lf: CLI labs; ro: rotation; cc/cn/cd: connectivity and decrypt.
 PREFIXES = ("cmt", "lf", "ro", "cc", "cn", "cd")
+# Every name handed out, so tests/conftest.py can check each test left none of its namespaces behind.
+ISSUED: list[str] = []
 
 
 def unique_lab(prefix: str) -> str:
     """`prefix` and 4 random hex digits: a valid lab name (<= 8 chars) no other test uses."""
     assert prefix in PREFIXES, f"lab prefix {prefix!r} is not in tests.support.names.PREFIXES"
-    return prefix + secrets.token_hex(2)
+    name = prefix + secrets.token_hex(2)
+    ISSUED.append(name)
+    return name
