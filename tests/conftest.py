@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.lab import netns
+from ciphermesh.lab.processes import pids_in_netns
 from ciphermesh.store.etcd_process import stop_etcd
 from tests.support import names
 from tests.support.etcd import EtcdFixture, TcpProxy
@@ -41,12 +42,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_lab_left_behind() -> Iterator[None]:
-    """After each test, no namespace or process of a lab it named with `unique_lab` remains."""
+    """After each test, no namespace (nor a process in one) named after a lab it got from `unique_lab`."""
     names.ISSUED.clear()
     yield
-    left = {name: residue for name in names.ISSUED if (residue := netns.lab_residue(name))}
+    labs = tuple(f"{lab}-" for lab in names.ISSUED)
     names.ISSUED.clear()
-    assert not left, f"the test left labs behind: {left}"
+    if labs:
+        left = {ns: pids_in_netns(ns) for ns in netns.names() if ns.startswith(labs)}
+        assert not left, f"the test left namespaces (and pids) behind: {left}"
 
 
 @pytest.fixture
