@@ -20,7 +20,7 @@ from ciphermesh.pcap import (
     strip_ethernet,
 )
 from ciphermesh.tshark import read_fields, tshark_path
-from esp_support import TESTDATA
+from tests.support.testdata import TESTDATA
 
 STRONGSWAN_PCAP = TESTDATA / "strongswan_libipsec_esp_udp.pcap"
 

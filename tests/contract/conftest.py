@@ -6,11 +6,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from store_harness import BACKENDS, StoreHarness, start_harness
 
-from etcd_support import TcpProxy, proxy_factory
-
-__all__ = ["proxy_factory"]
+from tests.contract.store_harness import BACKENDS, StoreHarness, start_harness
+from tests.support.etcd import TcpProxy
 
 
 @pytest.fixture(params=BACKENDS)

@@ -14,7 +14,7 @@ from typing import Protocol
 from ciphermesh.store.etcd.backend import EtcdBackend
 from ciphermesh.store.etcd_client import EtcdClient
 from ciphermesh.store.store import Store
-from etcd_support import EtcdFixture, TcpProxy
+from tests.support.etcd import EtcdFixture, TcpProxy
 
 CLUSTER = "cm"
 

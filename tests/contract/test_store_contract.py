@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pytest
-from store_harness import StoreHarness
 
 from ciphermesh.keys import generate_line, parse_secret
 from ciphermesh.store.base import Expect, Revision, StoreEvent, Versioned
@@ -28,7 +27,8 @@ from ciphermesh.store.errors import (
 from ciphermesh.store.model import KeySecret, Node, OperatorRecord
 from ciphermesh.store.store import Store
 from ciphermesh.store.stream import EventStream
-from etcd_support import wait_for
+from tests.contract.store_harness import StoreHarness
+from tests.support.wait import wait_until
 
 T = TypeVar("T")
 
@@ -291,14 +291,14 @@ def test_a_registration_cut_off_past_its_ttl_is_published_again(backend: StoreHa
         assert node is not None and view.assign_pod_cidr(node, "10.0.1.0/24") is not None
         assert registration.wait_for_pod_cidrs(5) == ("10.0.1.0/24",)
         backend.cut()  # the agent cannot reach the store for longer than its TTL
-        wait_for(lambda: view.get_node("node-1") is None, 15, "the node to lapse")
-        wait_for(lambda: registration.last_error is not None, 5, "the agent to notice")
+        wait_until(lambda: view.get_node("node-1") is None, 15, "the node to lapse")
+        wait_until(lambda: registration.last_error is not None, 5, "the agent to notice")
         backend.restore()
-        wait_for(lambda: view.get_node("node-1") is not None, 15, "the node to come back")
+        wait_until(lambda: view.get_node("node-1") is not None, 15, "the node to come back")
         back = view.get_node("node-1")
         assert back is not None and back.value.pod_cidrs == ("10.0.1.0/24",)
         assert registration.republished == 1
-        wait_for(lambda: registration.last_error is None, 5, "keeping alive to work again")
+        wait_until(lambda: registration.last_error is None, 5, "keeping alive to work again")
     finally:
         registration.close()
 
@@ -311,7 +311,7 @@ def test_a_node_record_deleted_behind_its_registration_is_published_again(store:
         assert node is not None and store.assign_pod_cidr(node, "10.0.4.0/24") is not None
         assert registration.wait_for_pod_cidrs(5) == ("10.0.4.0/24",)
         assert store.delete_node("node-1")
-        wait_for(lambda: store.get_node("node-1") is not None, 10, "the record to be published again")
+        wait_until(lambda: store.get_node("node-1") is not None, 10, "the record to be published again")
         back = store.get_node("node-1")
         assert back is not None and back.value.pod_cidrs == ("10.0.4.0/24",)
         assert registration.republished >= 1
@@ -497,16 +497,16 @@ def test_operators_are_listed_while_alive_and_exactly_one_leads(store: Store) ->
     registrations = [store.register_operator(record, ttl=2) for record in records]
     try:
         assert sorted(store.list_operators(), key=lambda r: r.id) == records
-        wait_for(lambda: sum(r.leading for r in registrations) == 1, 10, "one operator to lead")
+        wait_until(lambda: sum(r.leading for r in registrations) == 1, 10, "one operator to lead")
         leader = next(r for r in registrations if r.leading)
         other = next(r for r in registrations if r is not leader)
         leader.close()
         assert not leader.leading
-        wait_for(lambda: other.leading, 10, "the other operator to take over")
+        wait_until(lambda: other.leading, 10, "the other operator to take over")
         assert len(store.list_operators()) == 1
         other.close(revoke=False)
         assert not other.leading
-        wait_for(lambda: store.list_operators() == [], 15, "the last operator to lapse")
+        wait_until(lambda: store.list_operators() == [], 15, "the last operator to lapse")
     finally:
         for registration in registrations:
             registration.close()
