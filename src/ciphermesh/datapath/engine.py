@@ -35,7 +35,9 @@ class Engine(Protocol):
         ...
 
     def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
-        """Counters, peers and held SAs (`sas`; their keys only with `reveal`); None if not running."""
+        """None if not running, else a JSON-friendly dict with at least `engine` (the kind), `counters`
+        (`txBytes`, `rxBytes`: inner bytes to and from peers), `peers` and `sas` (held SAs: `direction`,
+        `src`, `dst`, `spi`, `key`, the key's hex only with `reveal`)."""
         ...
 
     def close(self) -> None:

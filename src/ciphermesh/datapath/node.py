@@ -133,6 +133,11 @@ class NodeDatapath:
         return {"cidr": str(cidr), "guard": drops is not None,
                 "unencryptedDrops": None if drops is None else drops.packets}
 
+    @property
+    def engine(self) -> Engine | None:
+        """The running engine (None before `start` or without encryption)."""
+        return self._engine
+
     def engine_status(self, *, reveal: bool = False) -> dict[str, Any] | None:
         """The engine's status (None without one); SA keys only with `reveal`."""
         return None if self._engine is None else self._engine.status(reveal=reveal)

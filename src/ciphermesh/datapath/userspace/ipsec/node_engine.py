@@ -38,7 +38,10 @@ class UserspaceIPsec:
         self._engine.apply(desired.engine)
 
     def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
-        return {"engine": self.kind, **self._engine.status(),
+        status = self._engine.status()
+        peers = status["peers"]
+        counters = {"txBytes": sum(p["bytesOut"] for p in peers), "rxBytes": sum(p["bytesIn"] for p in peers)}
+        return {"engine": self.kind, **status, "counters": counters,
                 "sas": self._engine.security_associations(reveal)}
 
     def close(self) -> None:

@@ -34,8 +34,12 @@ class UserspaceWireGuard:
 
     def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
         status = self._node.status()
+        if status is None:
+            return None
+        peers = status["peers"]
+        counters = {"txBytes": sum(p["txBytes"] for p in peers), "rxBytes": sum(p["rxBytes"] for p in peers)}
         # WireGuard holds sessions, not ESP SAs: there is nothing for `encryption sa list`.
-        return None if status is None else {"engine": self.kind, **status, "sas": []}
+        return {"engine": self.kind, **status, "counters": counters, "sas": []}
 
     def close(self) -> None:
         self._node.stop()
