@@ -146,25 +146,26 @@ def _wireguard_entry(published_key: str | None, engine: dict[str, Any]) -> dict[
 
 @dataclass(frozen=True)
 class TunnelSA:
-    """One direction of one tunnel as a node's engine holds it; `line` is its key, only when revealed."""
+    """One direction of one tunnel as a node's engine holds it: `shown` as the agent showed the key line,
+    `key` the key itself, only when revealed."""
 
     node: str
     direction: str
     src: IPv4Address
     dst: IPv4Address
     spi: int
-    key: str
-    line: KeyLine | None = None
+    shown: str
+    key: KeyLine | None = None
 
     def as_dict(self, reveal: bool) -> dict[str, Any]:
-        key = self.line.format(reveal=reveal) if self.line is not None else self.key
+        key = self.key.format(reveal=reveal) if self.key is not None else self.shown
         return {"node": self.node, "direction": self.direction, "src": str(self.src), "dst": str(self.dst),
                 "spi": self.spi, "key": key}
 
     def wireshark(self) -> str:
-        if self.line is None:
+        if self.key is None:
             raise ValueError(f"SA {self.spi:#010x} {self.src} -> {self.dst}: its key was not revealed")
-        return esp_sa_entry(self.line, self.src, self.dst)
+        return esp_sa_entry(self.key, self.src, self.dst)
 
 
 def security_associations(info: LabInfo, reveal: bool = False) -> list[TunnelSA]:
@@ -177,12 +178,12 @@ def security_associations(info: LabInfo, reveal: bool = False) -> list[TunnelSA]
             src, dst = ip_address(entry["src"]), ip_address(entry["dst"])
             if not isinstance(src, IPv4Address) or not isinstance(dst, IPv4Address):
                 continue
-            line = _revealed_line(entry["key"]) if reveal else None
-            sas.append(TunnelSA(name, entry["direction"], src, dst, entry["spi"], entry["key"], line))
+            key = _revealed_key(entry["key"]) if reveal else None
+            sas.append(TunnelSA(name, entry["direction"], src, dst, entry["spi"], entry["key"], key))
     return sas
 
 
-def _revealed_line(text: str) -> KeyLine | None:
+def _revealed_key(text: str) -> KeyLine | None:
     try:
         return parse_line(text)
     except KeyLineError:
