@@ -24,18 +24,18 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from ciphermesh.datapath.ipsec_engine_runner import control_request
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.ipsec_state_file import write_state_file
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer, RemoteNode, VxlanPeer
 from ciphermesh.datapath.mtu import plan_mtus
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
-from ciphermesh.datapath.ownership import ESP_TABLE
-from ciphermesh.datapath.routing import RemoteNode, reconcile_engine_routing
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.vxlan_peers import VxlanPeer, reconcile_vxlan_peers
+from ciphermesh.datapath.netlink.engine_routes import reconcile_engine_routing
+from ciphermesh.datapath.netlink.links import NodeLinks, ensure_node_links, router_ip
+from ciphermesh.datapath.netlink.vxlan_peers import reconcile_vxlan_peers
+from ciphermesh.datapath.userspace.ipsec.runner import control_request
+from ciphermesh.datapath.userspace.ipsec.state_file import write_state_file
+from ciphermesh.datapath.userspace.tun import TunDevice
 from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import NodePlan, build, choose_subnet, host_networks, plan_topology, teardown
+from ciphermesh.rtnl.ownership import ESP_TABLE
 
 TUN = "cm_tun0"
 MTUS = plan_mtus("ipsec")
@@ -121,7 +121,8 @@ def engines(nodes: list[BenchNode], files: Path, batch: int, offload: bool) -> I
             control = files / f"{node.plan.name}.sock"
             write_state_file(state_path, engine_state(node, remote, line))
             argv = [
-                sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner", "--state", str(state_path),
+                sys.executable, "-m", "ciphermesh.datapath.userspace.ipsec.runner",
+                "--state", str(state_path),
                 "--tun", TUN, "--control", str(control), "--batch", str(batch),
                 "--offload" if offload else "--no-offload",
             ]  # fmt: skip

@@ -8,11 +8,11 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Shared helpers: leaves (like config) that any layer above the cores may use.
-HELPERS = ("inet", "pcap", "tshark", "unix_json")
-# The datapath modules the agent and the lab may import: the datapath's face (issue 11). It has no
-# module yet, so every import of the datapath from agent or lab is in KNOWN below.
-DATAPATH_FACE: tuple[str, ...] = ()
+# Shared helpers: leaves (like config) that any layer above the cores may use. `rtnl` holds the netlink
+# helpers, route ownership and datapath errors that the datapath and the lab's pods and topology share.
+HELPERS = ("inet", "pcap", "tshark", "unix_json", "rtnl")
+# The datapath modules the agent and the lab may import: the datapath's face and its desired state.
+DATAPATH_FACE: tuple[str, ...] = ("datapath.face", "datapath.desired")
 
 # unit -> what it may import besides itself. A unit is a package under src/ciphermesh or a top-level
 # module (the package's own __init__ is the unit ""); an entry allows that unit or module and every
@@ -62,51 +62,9 @@ ARROWS: dict[str, tuple[str, ...]] = {
     **{helper: () for helper in HELPERS},
 }
 
-_AGENT_DAEMON_DATAPATH = (
-    "errors",
-    "ipsec_engine",
-    "mtu",
-    "node_links",
-    "node_routing",
-    "overlay_routing",
-    "ownership",
-    "routing",
-    "strict_mode",
-    "tun",
-    "vxlan_peers",
-    "wireguard_node",
-)
-
-# Imports against the arrows that are known and left for the datapath face (issue 11), which will
-# remove them: (importing module, imported module). An entry that is no longer needed fails too.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        # To be removed by the datapath face: the daemon applies links, guard, engine and routes itself.
-        *(("agent.daemon", f"datapath.{name}") for name in _AGENT_DAEMON_DATAPATH),
-        ("agent.daemon", "wireguard.peer"),
-        # To be removed by the datapath face: the SA ledger belongs to the engine the face opens.
-        ("agent.daemon", "esp.ledger"),
-        # To be removed by the datapath face: the lab reads node addresses through it.
-        ("lab.recovery", "datapath.rtnl"),
-        # To be removed by the datapath face: the desired state as plain data lives there.
-        ("agent.plan", "datapath.ipsec_state"),
-        ("agent.plan", "datapath.routing"),
-        ("agent.plan", "datapath.vxlan_peers"),
-        ("agent.modes", "datapath.node_links"),
-        ("agent.modes", "datapath.strict_mode"),
-        # To be removed by the datapath face: the lab builds nodes and pods with datapath internals.
-        ("lab.pods", "datapath.errors"),
-        ("lab.pods", "datapath.node_links"),
-        ("lab.pods", "datapath.ownership"),
-        ("lab.pods", "datapath.rtnl"),
-        ("lab.topology", "datapath.changes"),
-        ("lab.topology", "datapath.mtu"),
-        ("lab.topology", "datapath.rtnl"),
-        ("lab.connectivity", "datapath.node_links"),
-        # To be removed when `encryption sa list` reads the SAs the engines hold, not the agents' plan.
-        ("lab.inspect", "agent.plan"),
-    }
-)
+# Imports against the arrows that are known and left for later: (importing module, imported module).
+# An entry that is no longer needed fails too.
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 def _modules(src: Path) -> Iterator[tuple[str, Path]]:

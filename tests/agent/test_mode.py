@@ -15,7 +15,7 @@ from ciphermesh.agent.modes import (
 )
 from ciphermesh.cli.main import main
 from ciphermesh.config import Values, load_values
-from ciphermesh.datapath.strict_mode import render_ruleset
+from ciphermesh.datapath.netlink.strict_guard import render_ruleset
 
 
 def test_modes() -> None:

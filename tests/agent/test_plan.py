@@ -7,7 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.agent.plan import DesiredDatapath, Mode, outbound_spi, plan
+from ciphermesh.agent.plan import outbound_spi, plan
+from ciphermesh.datapath.desired import DesiredDatapath, Mode
 from ciphermesh.keys import derive_tunnel_key, parse_line
 from ciphermesh.store.model import Node
 

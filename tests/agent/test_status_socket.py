@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ciphermesh.agent.status_socket import StatusSocketServer, query_status
+from ciphermesh.unix_json import query_json
 
 
 def test_serves_snapshots_and_errors(tmp_path: Path) -> None:
@@ -33,3 +34,17 @@ def test_serves_snapshots_and_errors(tmp_path: Path) -> None:
     assert not path.exists()
     with pytest.raises(OSError):
         query_status(path, timeout=0.5)
+
+
+def test_keys_only_on_a_reveal_request(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    server = StatusSocketServer(path, lambda: {"key": "<redacted>"}, revealed=lambda: {"key": "c0ffee"})
+    server.start()
+    try:
+        assert query_status(path) == {"key": "<redacted>"}
+        assert query_status(path, reveal=True) == {"key": "c0ffee"}
+        # Only `true` reveals: a request that is not a JSON object, or says anything else, gets the plain one.
+        assert query_json(path, request={"reveal": "yes"}) == {"key": "<redacted>"}
+        assert query_json(path) == {"key": "<redacted>"}
+    finally:
+        server.stop()

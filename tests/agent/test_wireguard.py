@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.agent.modes import agent_mode
-from ciphermesh.agent.plan import WIREGUARD_PORT, DesiredDatapath, plan
+from ciphermesh.agent.plan import plan
 from ciphermesh.agent.wireguard_key import KEY_FILENAME, KeyFileError, load_or_create_private_key
 from ciphermesh.config import load_values
+from ciphermesh.datapath.desired import WIREGUARD_PORT, DesiredDatapath
 from ciphermesh.lab.wire import WireReport
 from ciphermesh.lab.wire_verdict import WireEvidence, WireGuardExpectation, tunnel_pairs
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.cli.wireguard import format_show
-from ciphermesh.datapath.wgconfig import WgConfigError, parse, parse_endpoint, peer_config, resolve_endpoint
+from ciphermesh.datapath.userspace.wireguard.wgconfig import (
+    WgConfigError,
+    parse,
+    parse_endpoint,
+    peer_config,
+    resolve_endpoint,
+)
 
 PRIVATE = "AKeZaHwBxjiKLFnkY2unvEdOTtg4AL+M9dQXfopFVFk="
 PUBLIC_R = "YDCttCs9e1J52/g9vEnwJJa+2x6RqaayAYMpSVQfGEY="

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
 from ciphermesh.datapath.mtu import plan_mtus
-from ciphermesh.datapath.tcp_coalesce import VIRTIO_NET_HDR_GSO_TCPV4, coalesce
+from ciphermesh.datapath.userspace.tcp_coalesce import VIRTIO_NET_HDR_GSO_TCPV4, coalesce
 
 OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
 # The MSS a pod gets in IPsec mode (MTU 1393 less IPv4, TCP and timestamps): odd.

@@ -24,10 +24,10 @@ from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.vxlan import VXLAN
 from scapy.utils import rdpcap
 
-from ciphermesh.datapath.ipsec_engine_runner import control_request
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.ipsec_state_file import write_state_file
-from ciphermesh.datapath.node_links import router_ip
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.netlink.links import router_ip
+from ciphermesh.datapath.userspace.ipsec.runner import control_request
+from ciphermesh.datapath.userspace.ipsec.state_file import write_state_file
 from ciphermesh.esp import OutboundSA, cipher_for
 from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 from ciphermesh.lab import netns
@@ -98,7 +98,7 @@ class Pair:
     def start(self, node: Node, state: IPsecEngineState, *options: str) -> None:
         write_state_file(node.state_path, state)
         argv = [
-            sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner",
+            sys.executable, "-m", "ciphermesh.datapath.userspace.ipsec.runner",
             "--state", str(node.state_path), "--tun", TUN, "--control", str(node.control), *options,
         ]  # fmt: skip
         with open(node.log, "ab") as log:
@@ -432,7 +432,7 @@ def test_a_restarted_engine_refuses_the_keys_it_used_and_runs_on_new_ones(pair: 
     """Issue 10.2 through the state file: a new process would send from 1 under keys B holds a window for."""
     ping(pair.a, pair.b.pod, from_address=pair.a.pod, count=3)
     pair.stop(pair.a)
-    runner = [sys.executable, "-m", "ciphermesh.datapath.ipsec_engine_runner"]
+    runner = [sys.executable, "-m", "ciphermesh.datapath.userspace.ipsec.runner"]
     argv = [*runner, "--state", str(pair.a.state_path), "--tun", TUN, "--control", str(pair.a.control)]
     refused = netns.run(pair.a.netns, argv, check=False)
     assert refused.returncode == 1

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.ipsec_state_file import (
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.userspace.ipsec.state_file import (
     StateFileError,
     check_fresh,
     read_state_file,

@@ -11,9 +11,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 
-from ciphermesh.datapath.ipsec_engine_drops import new_drop_counts
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.ipsec_tables import IPsecTables, SAParams
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.userspace.ipsec.drops import new_drop_counts
+from ciphermesh.datapath.userspace.ipsec.tables import IPsecTables, SAParams
 from ciphermesh.esp import Drop, OutboundSA, cipher_for, wrap_ipv4
 from ciphermesh.keys import KeyLine, derive_tunnel_key, generate_line
 

@@ -8,9 +8,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.datapath.errors import DatapathError, DeviceMissingError
 from ciphermesh.datapath.mtu import plan_mtus
-from ciphermesh.datapath.node_links import (
+from ciphermesh.datapath.netlink.links import (
     NodeLinks,
     ensure_node_links,
     remove_node_links,
@@ -19,6 +18,7 @@ from ciphermesh.datapath.node_links import (
 )
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import NodePlan
+from ciphermesh.rtnl.errors import DatapathError, DeviceMissingError
 from tests.support.netns import MTUS, built_lab, ip_json
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node_routing
-from ciphermesh.datapath.ownership import IPSEC_ENCRYPTED_MARK, NODE_TABLE, WIREGUARD_MARK
+from ciphermesh.datapath.netlink.node_routes import reconcile_node_routing, remove_node_routing
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import IPSEC_ENCRYPTED_MARK, NODE_TABLE, WIREGUARD_MARK
 from tests.datapath.test_routing import route_get
 from tests.support.netns import MTUS, TUN, built_lab, ip_json, wire_nodes
 

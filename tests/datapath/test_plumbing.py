@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ciphermesh.datapath.tun import TunDevice
+from ciphermesh.datapath.userspace.tun import TunDevice
 from ciphermesh.lab import netns
 from ciphermesh.lab.pods import create_pod
 from ciphermesh.lab.topology import TopologyPlan

@@ -9,11 +9,12 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.ownership import PROTO_ENGINE
-from ciphermesh.datapath.routing import RemoteNode, reconcile_engine_routing, remove_engine_routing
+from ciphermesh.datapath.desired import RemoteNode
+from ciphermesh.datapath.netlink.engine_routes import reconcile_engine_routing, remove_engine_routing
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import PROTO_ENGINE
 from tests.support.netns import MTUS, TUN, built_lab, ip_json, make_persistent_tun, pod_cidr, wire_nodes
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -24,8 +24,7 @@ from scapy.layers.ipsec import ESP
 from scapy.packet import Packet, Raw
 from scapy.utils import rdpcap
 
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.strict_mode import (
+from ciphermesh.datapath.netlink.strict_guard import (
     COUNTER,
     TABLE,
     StrictDrops,
@@ -43,6 +42,7 @@ from ciphermesh.lab.plaintext_probe import (
     inject_plaintext,
     send_ipv4,
 )
+from ciphermesh.rtnl.errors import DatapathError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 T = TypeVar("T")

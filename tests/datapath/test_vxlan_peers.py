@@ -9,12 +9,13 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links
-from ciphermesh.datapath.ownership import ESP_TABLE, PROTO_VXLAN_PEER
-from ciphermesh.datapath.vxlan_peers import VxlanPeer, reconcile_vxlan_peers
+from ciphermesh.datapath.desired import VxlanPeer
+from ciphermesh.datapath.netlink.links import NodeLinks, ensure_node_links
+from ciphermesh.datapath.netlink.vxlan_peers import reconcile_vxlan_peers
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import NodePlan
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import ESP_TABLE, PROTO_VXLAN_PEER
 from tests.support.netns import MTUS, built_lab, ip_json
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ciphermesh.datapath.node_links import CILIUM_VXLAN
+from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
 from ciphermesh.keys import parse_secret
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabInfo, connect

@@ -40,7 +40,6 @@ pytestmark = [
 
 ECHO_PORT = 7
 PINGS = 3
-SECRET_NAME = "cilium-ipsec-keys"
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,9 @@ def _scapy_sa(key: KeyLine, src: str, dst: str, *, esn: bool) -> SecurityAssocia
 def _tunnel_keys(info: LabInfo) -> dict[tuple[str, str, int], KeyLine]:
     """(outer src, outer dst, SPI) -> key; the sender's `out` SA and the receiver's `in` SA must agree."""
     keys: dict[tuple[str, str, int], KeyLine] = {}
-    for sa in security_associations(info, SECRET_NAME):
+    for sa in security_associations(info, reveal=True):
         index = (str(sa.src), str(sa.dst), sa.spi)
+        assert sa.key is not None, f"{index}: the agent did not reveal the key"
         if index in keys:
             assert keys[index].material == sa.key.material, f"{index}: the two ends hold different keys"
         keys[index] = sa.key

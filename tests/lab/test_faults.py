@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ciphermesh.datapath.node_links import vtep_mac
+from ciphermesh.datapath.netlink.links import vtep_mac
 from ciphermesh.keys import generate_line
 from ciphermesh.keys.generate import next_key_id
 from ciphermesh.lab import netns

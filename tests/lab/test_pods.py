@@ -9,11 +9,11 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ciphermesh.datapath.ownership import PROTO_ENDPOINT
 from ciphermesh.lab import netns
 from ciphermesh.lab.pods import PodError, create_pod, delete_pod, host_ifname, list_pods
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.lab.topology import TopologyPlan
+from ciphermesh.rtnl.ownership import PROTO_ENDPOINT
 from tests.support.netns import MTUS, built_lab, ip_json, pod_cidr, wire_nodes
 from tests.support.wait import wait_until
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ciphermesh.datapath.node_links import CILIUM_VXLAN
+from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
 from ciphermesh.lab.cluster import LabInfo, agent_status, connect, start_agent, wait_ready
 from ciphermesh.lab.plaintext_probe import inject_plaintext
 from ciphermesh.lab.pod_registry import PodRecord

@@ -29,7 +29,6 @@ from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-SECRET = "cilium-ipsec-keys"
 RESTARTED = "node-2"
 VXLAN_PORT = 8472
 ESP_HEADER = 8
@@ -87,6 +86,7 @@ def _keys_by_tunnel(*snapshots: list[TunnelSA]) -> dict[Tunnel, set[bytes]]:
     keys: dict[Tunnel, set[bytes]] = {}
     for snapshot in snapshots:
         for sa in snapshot:
+            assert sa.key is not None
             material = sa.key.material
             assert isinstance(material, AeadKey)
             keys.setdefault((str(sa.src), str(sa.dst), sa.spi), set()).add(material.key.reveal())
@@ -96,7 +96,7 @@ def _keys_by_tunnel(*snapshots: list[TunnelSA]) -> dict[Tunnel, set[bytes]]:
 def test_no_nonce_repeats_across_an_agent_restart(tmp_path: Path) -> None:
     with rotation_lab(tmp_path) as lab:
         info = lab.info
-        before_sas = security_associations(info, SECRET)
+        before_sas = security_associations(info, reveal=True)
         old_boot = agent_status(info, RESTARTED)
         assert old_boot is not None
         router = {node: agent_status(info, node)["routerIP"] for node in info.nodes}  # type: ignore[index]
@@ -128,7 +128,7 @@ def test_no_nonce_repeats_across_an_agent_restart(tmp_path: Path) -> None:
             time.sleep(3)
             mesh.stop()
             pcap = tap.stop()
-        after_sas = security_associations(info, SECRET)
+        after_sas = security_associations(info, reveal=True)
 
     candidates = _keys_by_tunnel(before_sas, after_sas)
     restarted_ip = router[RESTARTED]

@@ -15,14 +15,15 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from ciphermesh.datapath.desired import RemoteNode, VxlanPeer
 from ciphermesh.datapath.mtu import plan_mtus
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, router_ip
-from ciphermesh.datapath.ownership import ESP_TABLE
-from ciphermesh.datapath.routing import RemoteNode, reconcile_engine_routing
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.vxlan_peers import VxlanPeer, reconcile_vxlan_peers
+from ciphermesh.datapath.netlink.engine_routes import reconcile_engine_routing
+from ciphermesh.datapath.netlink.links import NodeLinks, ensure_node_links, router_ip
+from ciphermesh.datapath.netlink.vxlan_peers import reconcile_vxlan_peers
+from ciphermesh.datapath.userspace.tun import TunDevice
 from ciphermesh.lab import netns
 from ciphermesh.lab.topology import TopologyPlan, build, choose_subnet, host_networks, plan_topology, teardown
+from ciphermesh.rtnl.ownership import ESP_TABLE
 from tests.support.names import unique_lab
 
 TUN = "cm_tun0"

@@ -6,7 +6,7 @@ import struct
 
 from scapy.layers.inet import IP, TCP, UDP
 
-from ciphermesh.datapath.tcp_coalesce import PLAIN, VIRTIO_NET_HDR_GSO_TCPV4, coalesce
+from ciphermesh.datapath.userspace.tcp_coalesce import PLAIN, VIRTIO_NET_HDR_GSO_TCPV4, coalesce
 
 MSS = 1368
 OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -15,33 +14,20 @@ from typing import Any
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
 from ciphermesh.agent.keyring import KeyRing
 from ciphermesh.agent.modes import agent_mode, node_encryption, strict_cidr, strict_guard
-from ciphermesh.agent.plan import WIREGUARD_PORT, DesiredDatapath, Mode, plan
+from ciphermesh.agent.plan import plan
 from ciphermesh.agent.status_socket import StatusSocketServer
 from ciphermesh.agent.watch import ClusterView
 from ciphermesh.agent.wireguard_key import load_or_create_private_key
 from ciphermesh.config import Values
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.ipsec_engine import IPsecEngine
-from ciphermesh.datapath.mtu import Mtus, plan_mtus
-from ciphermesh.datapath.node_links import NodeLinks, ensure_node_links, pod_cidr_conflict, router_ip
-from ciphermesh.datapath.node_routing import reconcile_node_routing, remove_node_routing
-from ciphermesh.datapath.overlay_routing import reconcile_overlay_routing, remove_overlay_routing
-from ciphermesh.datapath.ownership import ESP_TABLE, MAIN_TABLE
-from ciphermesh.datapath.routing import reconcile_engine_routing, remove_engine_routing
-from ciphermesh.datapath.strict_mode import StrictGuard, apply_guard, read_drops, remove_guard
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.vxlan_peers import reconcile_vxlan_peers
-from ciphermesh.datapath.wireguard_node import WG_IFNAME, WireGuardNode
-from ciphermesh.esp.ledger import SALedger
+from ciphermesh.datapath.desired import DesiredDatapath, Mode
+from ciphermesh.datapath.face import EngineKind, NodeDatapath, PodCIDRConflictError, StrictGuard
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
 from ciphermesh.store.store import Store
-from ciphermesh.wireguard.peer import PeerConfig
 
 log = logging.getLogger(__name__)
 
-ENGINE_TUN = "cm_ipsec"
 RESYNC_SECONDS = 5.0
 DEFAULT_STATE_DIR = Path("/var/run/cilium/state")
 
@@ -57,12 +43,7 @@ class AgentOptions:
     probe_interval: float = 15.0
     # Where the WireGuard private key lives across restarts (Cilium: /var/run/cilium/state).
     state_dir: Path = DEFAULT_STATE_DIR
-
-
-def _routing_of(desired: DesiredDatapath) -> tuple[object, ...]:
-    """The parts of a plan that links and routes follow (SAs and WireGuard peers are the engines')."""
-    return (desired.mode, desired.vxlan_peers, desired.remotes, desired.blocked, desired.node_peers,
-            desired.blocked_nodes)
+    engine: EngineKind = "userspace"
 
 
 class Agent:
@@ -73,17 +54,11 @@ class Agent:
         self.store = store
         self.ipr = ipr
         self.boot_id = str(uuid.uuid4())
-        # The SAs' counters live exactly as long as the boot ID the keys are derived from: an engine
-        # made again in this process must go on with them (esp.ledger), a new process has a new boot ID.
-        self._sa_ledger = SALedger()
         self.mode: Mode = agent_mode(options.values)
         self.node_encryption = node_encryption(options.values)
         self.strict_cidr = strict_cidr(options.values)
-        self._guard: StrictGuard | None = None
         self._applied: DesiredDatapath | None = None
         self._applied_at = 0.0
-        self._guard_cleared = False
-        self.mtus: Mtus = plan_mtus("none" if self.mode == "disabled" else self.mode)
         self.phase = "starting"
         self.problems: list[str] = []
         self.waiting: tuple[str, ...] = ()
@@ -94,17 +69,16 @@ class Agent:
         self.last_apply: float | None = None
         self._registration: NodeRegistration | None = None
         self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"))
-        self._engine: IPsecEngine | None = None
-        self._engine_stop = threading.Event()
-        self._engine_thread: threading.Thread | None = None
-        self._tun: TunDevice | None = None
-        self._wireguard: WireGuardNode | None = None
-        if self.mode == "wireguard":
-            key = load_or_create_private_key(options.state_dir)
-            self._wireguard = WireGuardNode(key, port=WIREGUARD_PORT, mtu=self.mtus.pod)
+        key = load_or_create_private_key(options.state_dir) if self.mode == "wireguard" else None
+        # Published with the registration, before the engine exists.
+        self.public_key = None if key is None else key.public_key().to_base64()
+        self.datapath = NodeDatapath(ipr, node_ip=options.node_ip, mode=self.mode, engine_kind=options.engine,
+                                     node_encryption=self.node_encryption, private_key=key)
+        self.mtus = self.datapath.mtus
         self._health_server: HealthServer | None = None
         self._prober: HealthProber | None = None
-        self._status = StatusSocketServer(options.status_socket, self.status)
+        self._status = StatusSocketServer(options.status_socket, self.status,
+                                          revealed=lambda: self.status(reveal=True))
 
     def run(self, stop: threading.Event) -> None:
         self._status.start()
@@ -134,7 +108,7 @@ class Agent:
 
     def _start(self, stop: threading.Event) -> None:
         # The public key is published with the registration, before the node is ever ready (as Cilium).
-        annotations = {WG_PUB_KEY_ANNOTATION: self._wireguard.public_key} if self._wireguard else {}
+        annotations = {WG_PUB_KEY_ANNOTATION: self.public_key} if self.public_key is not None else {}
         node = Node(name=self.options.node, node_ip=str(self.options.node_ip), boot_id=self.boot_id,
                     annotations=annotations)
         self._registration = self.store.register_node(node)
@@ -143,22 +117,18 @@ class Agent:
         if not cidrs:
             return
         self.pod_cidr = next(c for c in (ip_network(t) for t in cidrs) if isinstance(c, IPv4Network))
-        if conflict := pod_cidr_conflict(self.ipr, self.options.node_ip, self.pod_cidr):
-            self.problems, self.phase, self.pod_cidr = [conflict], "refused its pod CIDR", None
-            return
-        self.router = router_ip(self.pod_cidr)
         self.phase = "configuring links"
-        ensure_node_links(self.ipr, NodeLinks(self.options.node_ip, self.pod_cidr, self.mtus))
+        try:
+            self.router = self.datapath.start(self.pod_cidr)
+        except PodCIDRConflictError as exc:
+            self.problems, self.phase, self.pod_cidr = [str(exc)], "refused its pod CIDR", None
+            return
         router = str(self.router)
         self._registration.update(
             lambda n: replace(n, router_ip=router, health_endpoint=f"{router}:{HEALTH_PORT}")
         )
         self._health_server = HealthServer(router)
         self._health_server.start()
-        if self.mode == "ipsec":
-            self._start_engine()
-        if self._wireguard is not None:
-            self._wireguard.start()
         self._view.start()
         self.phase = "waiting for the cluster's state"
         while not stop.is_set() and not self._view.wait_synced(1.0):
@@ -176,14 +146,6 @@ class Agent:
                 # The operator's words (e.g. an exhausted pool) are the status until a CIDR comes.
                 self.problems = [str(exc)]
         return ()
-
-    def _start_engine(self) -> None:
-        self._tun = TunDevice(ENGINE_TUN, vnet_hdr=True)
-        self._engine = IPsecEngine(self._tun, ledger=self._sa_ledger)
-        self._engine_thread = threading.Thread(
-            target=self._engine.run, args=(self._engine_stop,), name="ipsec-engine", daemon=True
-        )
-        self._engine_thread.start()
 
     def _peer_endpoints(self) -> list[tuple[str, str]]:
         return [
@@ -212,8 +174,7 @@ class Agent:
             if desired != self._applied or resync:
                 previous = None if resync else self._applied
                 self._applied = None  # until this pass succeeds, nothing is known to be applied
-                self._ensure_strict_guard()
-                self._apply(desired, previous)
+                self.datapath.apply(desired, previous, self._wanted_guard())
                 self._applied = desired
                 if previous is None:
                     self._applied_at = time.monotonic()
@@ -234,84 +195,9 @@ class Agent:
             return
         self.problems = []
 
-    def _apply(self, desired: DesiredDatapath, previous: DesiredDatapath | None) -> None:
-        """Make the kernel and engine match `desired`; links and routes only if they differ from `previous`.
-
-        A rotation changes SAs alone, node by node: the netlink passes are most of an agent's work then.
-        """
-        assert self.router is not None and self.pod_cidr is not None
-        tun = None
-        if desired.engine is not None and self._engine is not None:
-            # SAs first, routes second: a route into the engine never meets a missing SA.
-            self._engine.apply(desired.engine)
-            tun = ENGINE_TUN
-        elif desired.mode == "wireguard" and self._wireguard is not None:
-            # Peers first, routes second, for the same reason.
-            self._wireguard.sync_peers([
-                PeerConfig(public_key=p.public_key, endpoint=p.endpoint, allowed_ips=p.allowed_ips)
-                for p in desired.wireguard_peers
-            ])
-            tun = WG_IFNAME
-        if previous is not None and _routing_of(previous) == _routing_of(desired):
-            return
-        # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
-        table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
-        reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
-        if tun is not None:
-            remove_overlay_routing(self.ipr)
-            reconcile_engine_routing(
-                self.ipr,
-                tun=tun,
-                local_router_ip=self.router,
-                local_pod_cidrs=[self.pod_cidr],
-                remotes=desired.remotes,
-                mtu=self.mtus.pod,
-                blocked=desired.blocked,
-            )
-            self._apply_node_routing(tun, desired)
-        else:
-            remove_node_routing(self.ipr)
-            remove_engine_routing(self.ipr)
-            reconcile_overlay_routing(
-                self.ipr, local_router_ip=self.router, remotes=desired.remotes, mtu=self.mtus.pod
-            )
-
     def _wanted_guard(self) -> StrictGuard | None:
         peers = [IPv4Address(n.node_ip) for n in self._view.nodes() if n.name != self.options.node]
         return strict_guard(self.options.values, self.options.node_ip, peers)
-
-    def _ensure_strict_guard(self) -> None:
-        """Strict mode's nftables guard in place before any route (again if it was removed by hand)."""
-        wanted = self._wanted_guard()
-        if wanted is None:
-            if not self._guard_cleared:
-                self._guard_cleared = True
-                # Without strict mode nft need not even be installed.
-                with contextlib.suppress(DatapathError):
-                    if remove_guard():
-                        log.info("strict mode is off: removed the guard an earlier run left")
-            return
-        if wanted != self._guard or read_drops() is None:
-            apply_guard(wanted)
-            self._guard = wanted
-
-    def _strict_status(self) -> dict[str, Any] | None:
-        if self.strict_cidr is None:
-            return None
-        cidr = str(self.strict_cidr)
-        try:
-            drops = read_drops()
-        except DatapathError as exc:
-            return {"cidr": cidr, "guard": False, "unencryptedDrops": None, "error": str(exc)}
-        return {"cidr": cidr, "guard": drops is not None,
-                "unencryptedDrops": None if drops is None else drops.packets}
-
-    def _apply_node_routing(self, tun: str, desired: DesiredDatapath) -> None:
-        if not self.node_encryption:
-            remove_node_routing(self.ipr)
-            return
-        reconcile_node_routing(self.ipr, tun=tun, local_node_ip=self.options.node_ip,
-                               peers=desired.node_peers, blocked=desired.blocked_nodes, mtu=self.mtus.pod)
 
     def _publish(self, registration: NodeRegistration) -> None:
         """Publish the key ID (only once its inbound SAs are in place) and a summary of the state."""
@@ -332,9 +218,9 @@ class Agent:
 
         Peers hold a node without its key (fail closed); a record edited by hand must not keep it so.
         """
-        if self._wireguard is None:
+        mine = self.public_key
+        if mine is None:
             return None
-        mine = self._wireguard.public_key
         stored = next((n for n in self._view.nodes() if n.name == self.options.node), None)
         if stored is None or stored.wg_pub_key == mine:
             return None
@@ -344,7 +230,7 @@ class Agent:
 
     def _encryption_summary(self) -> dict[str, Any]:
         ipsec = self.mode == "ipsec"
-        return {"mode": self.mode, "engine": None if self.mode == "disabled" else "userspace",
+        return {"mode": self.mode, "engine": self.datapath.engine_kind,
                 "keyID": self.keyring.current_id if ipsec else None,
                 "rotationInProgress": ipsec and self.keyring.rotating,
                 "nodeEncryption": self.node_encryption}
@@ -357,12 +243,10 @@ class Agent:
             errors.append(f"store: {self._registration.last_error}")
         return [e.replace("\n", " ")[:500] for e in errors]
 
-    def status(self) -> dict[str, Any]:
-        """What `ciphermesh status` and `encryption status` show for this node."""
+    def status(self, *, reveal: bool = False) -> dict[str, Any]:
+        """What `ciphermesh status` and `encryption status` show for this node; SA keys only with `reveal`."""
         health = [r.as_dict() for r in self._prober.results()] if self._prober else []
-        engine = self._engine.status() if self._engine else None
-        if self._wireguard is not None:
-            engine = self._wireguard.status()
+        engine = self.datapath.engine_status(reveal=reveal)
         peers = [n for n in self._view.nodes() if n.name != self.options.node]
         return {
             "name": self.options.node,
@@ -375,7 +259,7 @@ class Agent:
             "lastApply": self.last_apply,
             "mtu": {"device": self.mtus.device, "vxlan": self.mtus.vxlan, "pod": self.mtus.pod},
             "encryption": {**self._encryption_summary(), "engineStatus": engine,
-                           "strictMode": self._strict_status()},
+                           "strictMode": self.datapath.strict_status(self.strict_cidr)},
             "health": {
                 "reachable": sum(1 for h in health if h["reachable"]),
                 "probed": len(health),
@@ -392,14 +276,7 @@ class Agent:
             if stoppable is not None:
                 stoppable.stop()
         self._view.stop()
-        self._engine_stop.set()
-        if self._engine_thread is not None:
-            self._engine_thread.join(timeout=5)
-        if self._tun is not None:
-            # The TUN goes with its last fd; the fail-closed routes then take over its pod CIDRs.
-            self._tun.close()
-        if self._wireguard is not None:
-            self._wireguard.stop()
+        self.datapath.close()
         if self._registration is not None:
             self._registration.close(revoke=True)
         self._status.stop()

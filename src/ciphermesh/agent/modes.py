@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
-from ciphermesh.agent.plan import Mode
 from ciphermesh.config import POOL_KEY, Values
-from ciphermesh.datapath.node_links import CILIUM_VXLAN, UNDERLAY_DEVICE
-from ciphermesh.datapath.strict_mode import StrictGuard
+from ciphermesh.datapath.desired import Mode
+from ciphermesh.datapath.face import CILIUM_VXLAN, UNDERLAY_DEVICE, StrictGuard
 
 
 class UnsupportedModeError(ValueError):

@@ -3,47 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
-from typing import Literal
 
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.routing import RemoteNode
-from ciphermesh.datapath.vxlan_peers import VxlanPeer
+from ciphermesh.datapath.desired import (
+    WIREGUARD_PORT,
+    DesiredDatapath,
+    IPsecEngineState,
+    IPsecPeer,
+    Mode,
+    RemoteNode,
+    VxlanPeer,
+    WireGuardPeer,
+)
 from ciphermesh.keys import KeyLine, derive_tunnel_key
 from ciphermesh.keys.rotation import older_key_id
 from ciphermesh.store.model import Node
 from ciphermesh.wireguard.keys import InvalidKeyError, PublicKey
-
-Mode = Literal["disabled", "ipsec", "wireguard"]
-WIREGUARD_PORT = 51871
-
-
-@dataclass(frozen=True)
-class WireGuardPeer:
-    """A peer as cilium_wg0 holds it: public key, `nodeIP:51871`, pod CIDRs and node IP as allowed IPs."""
-
-    name: str
-    public_key: PublicKey
-    endpoint: tuple[str, int]
-    allowed_ips: tuple[IPv4Network, ...]
-
-
-@dataclass(frozen=True)
-class DesiredDatapath:
-    """What one node's kernel and engine should hold."""
-
-    mode: Mode
-    vxlan_peers: tuple[VxlanPeer, ...]
-    remotes: tuple[RemoteNode, ...]
-    engine: IPsecEngineState | None
-    waiting: tuple[str, ...]
-    wireguard_peers: tuple[WireGuardPeer, ...] = ()
-    # Pod CIDRs of peers this node cannot encrypt to yet: only their fail-closed route, never plaintext.
-    blocked: tuple[IPv4Network, ...] = ()
-    # Node encryption: peers' node IPs whose host traffic goes through the engine, and those held back.
-    node_peers: tuple[IPv4Address, ...] = ()
-    blocked_nodes: tuple[IPv4Address, ...] = ()
 
 
 def outbound_spi(local_key_id: int, peer_key_id: int | None, keys: Mapping[int, KeyLine]) -> int | None:

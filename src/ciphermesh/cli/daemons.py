@@ -12,12 +12,12 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
-from ciphermesh.agent.modes import UnsupportedModeError
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.config import Values
-from ciphermesh.datapath.errors import DatapathError
+from ciphermesh.datapath.face import DatapathError
 from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
 from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
@@ -102,7 +102,10 @@ def _operator(args: argparse.Namespace) -> int:
 
 def _start_auto_rotation(store: Store, values: Values, stop: threading.Event) -> threading.Thread | None:
     interval = values.seconds("encryption.ipsec.autoRotateInterval")
-    ipsec = values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec"
+    try:
+        ipsec = agent_mode(values) == "ipsec"
+    except UnsupportedModeError:
+        ipsec = False  # no agent runs with these settings: there are no SAs to rotate keys for
     if not ipsec or interval <= 0:
         return None
     rotator = AutoRotator(store, values.text("encryption.ipsec.secretName"), interval)

@@ -152,8 +152,7 @@ def _sa_list(args: argparse.Namespace) -> int:
     info = _lab(args)
     if args.output == "wireshark" and not args.reveal:
         raise CliError("-o wireshark prints key material: add --reveal to confirm")
-    secret_name = info.values().text("encryption.ipsec.secretName")
-    sas = _gather(security_associations, info, secret_name)
+    sas = _gather(security_associations, info, args.reveal)
     if args.output == "json":
         print(json.dumps({"sas": [sa.as_dict(args.reveal) for sa in sas]}, indent=2))
     elif args.output == "wireshark":
@@ -164,7 +163,7 @@ def _sa_list(args: argparse.Namespace) -> int:
         table = Table("NODE", "DIR", "SRC", "DST", "SPI", "KEY", box=None)
         for sa in sas:
             table.add_row(sa.node, sa.direction, str(sa.src), str(sa.dst), f"{sa.spi:#010x}",
-                          sa.key.format(reveal=args.reveal))
+                          sa.as_dict(args.reveal)["key"])
         Console().print(table)
     return 0
 

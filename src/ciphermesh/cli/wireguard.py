@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ciphermesh.cli.errors import CliError
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.wireguard_control import default_socket_path, query
-from ciphermesh.datapath.wireguard_engine import DEFAULT_BATCH
-from ciphermesh.datapath.wireguard_runner import RunOptions, serve
+from ciphermesh.datapath.userspace.wireguard.control import default_socket_path, query
+from ciphermesh.datapath.userspace.wireguard.engine import DEFAULT_BATCH
+from ciphermesh.datapath.userspace.wireguard.runner import RunOptions, serve
+from ciphermesh.rtnl.errors import DatapathError
 from ciphermesh.wireguard.constants import Timing
 from ciphermesh.wireguard.device import DEFAULT_HANDSHAKE_LOAD_THRESHOLD
 from ciphermesh.wireguard.keys import InvalidKeyError, PresharedKey, PrivateKey

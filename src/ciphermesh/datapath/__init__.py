@@ -1,1 +1,1 @@
-"""Everything that touches one node's kernel: links, routes, TUN, sockets and the engines."""
+"""Everything that touches one node's kernel; the agent and the lab use its face (`face`, `desired`) only."""

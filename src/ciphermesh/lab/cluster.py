@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode, node_encryption
 from ciphermesh.agent.status_socket import query_status
 from ciphermesh.config import MASK_KEY, POOL_KEY, Values, load_values
 from ciphermesh.config.schema import BY_PATH
@@ -114,10 +114,14 @@ def _daemon_argv(command: str, *args: str) -> list[str]:
 
 def encryption_words(values: Values) -> str:
     """`IPsec`, `WireGuard + node encryption + strict mode`, `encryption disabled`: for messages."""
-    if not values.flag("encryption.enabled"):
+    try:
+        mode = agent_mode(values)
+    except UnsupportedModeError:
+        return "unsupported encryption settings"
+    if mode == "disabled":
         return "encryption disabled"
-    words = [{"ipsec": "IPsec", "wireguard": "WireGuard"}.get(values.text("encryption.type"), "?")]
-    words += ["node encryption"] if values.flag("encryption.nodeEncryption") else []
+    words = [{"ipsec": "IPsec", "wireguard": "WireGuard"}[mode]]
+    words += ["node encryption"] if node_encryption(values) else []
     words += ["strict mode"] if values.flag("encryption.strictMode.enabled") else []
     return " + ".join(words)
 
@@ -174,7 +178,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
     try:
-        agent_mode(values)
+        mode = agent_mode(values)
     except UnsupportedModeError as exc:
         raise LabError(str(exc)) from None
     _check_pool(values)
@@ -190,7 +194,7 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
         etcd = start_etcd(paths.root, env={LAB_MARKER: paths.marker})
         restarted.append("etcd")
     with open_store(etcd.client_url, name) as store:
-        if values.flag("encryption.enabled") and values.text("encryption.type") == "ipsec":
+        if mode == "ipsec":
             secret_name = values.text("encryption.ipsec.secretName")
             if store.get_key_secret(name=secret_name) is None:
                 line = generate_line()
@@ -260,9 +264,12 @@ def agent_pid(info: LabInfo, node: str) -> int | None:
     return read_pidfile(info.paths.pids / f"agent-{node}.pid")
 
 
-def agent_status(info: LabInfo, node: str, timeout: float = 3.0) -> dict[str, Any] | None:
+def agent_status(
+    info: LabInfo, node: str, timeout: float = 3.0, *, reveal: bool = False
+) -> dict[str, Any] | None:
+    """The agent's own status (its SAs' keys only with `reveal`), or None if it does not answer."""
     try:
-        return query_status(info.paths.agent_socket(node), timeout=timeout)
+        return query_status(info.paths.agent_socket(node), timeout=timeout, reveal=reveal)
     except (OSError, ValueError):
         return None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ciphermesh.agent.modes import node_encryption
 from ciphermesh.config import load_values
-from ciphermesh.datapath.node_links import CILIUM_VXLAN
+from ciphermesh.datapath.face import CILIUM_VXLAN
 from ciphermesh.keys import KeyLineError, parse_secret
 from ciphermesh.lab import probes
 from ciphermesh.lab.capture import CaptureStats, underlay_capture

@@ -7,20 +7,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from ciphermesh.agent.plan import plan
-from ciphermesh.keys import KeyLine, KeyLineError, esp_sa_entry, parse_secret
+from ciphermesh.keys import KeyLine, KeyLineError, esp_sa_entry, parse_line
 from ciphermesh.lab.cluster import LabInfo, agent_status, connect
 from ciphermesh.lab.processes import pid_alive
 from ciphermesh.store.model import Node
 
 UNKNOWN = "unknown"
-
-
-def _nodes_and_secret(info: LabInfo, secret_name: str) -> tuple[dict[str, Node], str | None]:
-    with connect(info) as store:
-        nodes = {v.value.name: v.value for v in store.list_nodes()}
-        secret = store.get_key_secret(name=secret_name)
-    return nodes, None if secret is None else secret.value.keys
 
 
 def cluster_status(info: LabInfo) -> dict[str, Any]:
@@ -180,44 +172,45 @@ def _wireguard_entry(published_key: str | None, engine: dict[str, Any]) -> dict[
 
 @dataclass(frozen=True)
 class TunnelSA:
-    """One direction of one tunnel, with its derived key."""
+    """One direction of one tunnel as a node's engine holds it: `shown` as the agent showed the key line,
+    `key` the key itself, only when revealed."""
 
     node: str
     direction: str
     src: IPv4Address
     dst: IPv4Address
     spi: int
-    key: KeyLine
+    shown: str
+    key: KeyLine | None = None
 
     def as_dict(self, reveal: bool) -> dict[str, Any]:
+        key = self.key.format(reveal=reveal) if self.key is not None else self.shown
         return {"node": self.node, "direction": self.direction, "src": str(self.src), "dst": str(self.dst),
-                "spi": self.spi, "key": self.key.format(reveal=reveal)}
+                "spi": self.spi, "key": key}
 
     def wireshark(self) -> str:
+        if self.key is None:
+            raise ValueError(f"SA {self.spi:#010x} {self.src} -> {self.dst}: its key was not revealed")
         return esp_sa_entry(self.key, self.src, self.dst)
 
 
-def security_associations(info: LabInfo, secret_name: str) -> list[TunnelSA]:
-    """Every SA every node holds, derived from the store as the agents derive them."""
-    nodes, keys_text = _nodes_and_secret(info, secret_name)
-    if keys_text is None:
-        return []
-    try:
-        line = parse_secret(keys_text)
-    except KeyLineError:
-        return []
+def security_associations(info: LabInfo, reveal: bool = False) -> list[TunnelSA]:
+    """Every SA every node's engine holds, asked of each agent (keys only with `reveal`)."""
     sas: list[TunnelSA] = []
-    for local in nodes.values():
-        if local.router_ip is None or local.key_id is None:
-            continue
-        desired = plan(local, nodes.values(), mode="ipsec", keys={line.key_id: line},
-                       current_key_id=line.key_id)
-        assert desired.engine is not None
-        local_ip = ip_address(local.router_ip)
-        assert isinstance(local_ip, IPv4Address)
-        for peer in desired.engine.peers:
-            if peer.out_spi is not None and peer.out_key is not None:
-                sas.append(TunnelSA(local.name, "out", local_ip, peer.router_ip, peer.out_spi, peer.out_key))
-            for spi, key in sorted(peer.in_keys.items()):
-                sas.append(TunnelSA(local.name, "in", peer.router_ip, local_ip, spi, key))
+    for name in info.nodes:
+        live = agent_status(info, name, reveal=reveal)
+        engine = ((live or {}).get("encryption") or {}).get("engineStatus") or {}
+        for entry in engine.get("sas", []):
+            src, dst = ip_address(entry["src"]), ip_address(entry["dst"])
+            if not isinstance(src, IPv4Address) or not isinstance(dst, IPv4Address):
+                continue
+            key = _revealed_key(entry["key"]) if reveal else None
+            sas.append(TunnelSA(name, entry["direction"], src, dst, entry["spi"], entry["key"], key))
     return sas
+
+
+def _revealed_key(text: str) -> KeyLine | None:
+    try:
+        return parse_line(text)
+    except KeyLineError:
+        return None

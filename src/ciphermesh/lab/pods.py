@@ -15,10 +15,10 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.node_links import router_ip
-from ciphermesh.datapath.ownership import MAIN_TABLE, PROTO_ENDPOINT
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.datapath.face import router_ip
+from ciphermesh.lab import netns
+from ciphermesh.lab.names import check_pod_name, pod_netns
+from ciphermesh.rtnl import (
     RT_SCOPE_LINK,
     delete_route,
     get_link,
@@ -28,8 +28,8 @@ from ciphermesh.datapath.rtnl import (
     netlink_op,
     require_link,
 )
-from ciphermesh.lab import netns
-from ciphermesh.lab.names import check_pod_name, pod_netns
+from ciphermesh.rtnl.errors import DatapathError
+from ciphermesh.rtnl.ownership import MAIN_TABLE, PROTO_ENDPOINT
 
 POD_DEVICE = "eth0"
 _NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}

@@ -6,10 +6,10 @@ import time
 from ipaddress import IPv4Interface
 from typing import Any
 
-from ciphermesh.datapath.rtnl import ipv4_addresses, require_link
 from ciphermesh.lab import netns, topology
 from ciphermesh.lab.names import is_lab_netns, node_netns
 from ciphermesh.lab.state import LabPaths
+from ciphermesh.rtnl import ipv4_addresses, require_link
 from ciphermesh.store.etcd_process import client_endpoint
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.mtu import ETHERNET_MTU
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.datapath.face import ETHERNET_MTU
+from ciphermesh.lab import netns
+from ciphermesh.lab.names import node_netns, underlay_netns
+from ciphermesh.lab.state import check_lab_name
+from ciphermesh.rtnl import (
     NUD_PERMANENT,
     ensure_link_up,
     get_link,
@@ -24,9 +26,7 @@ from ciphermesh.datapath.rtnl import (
     netlink_op,
     require_link,
 )
-from ciphermesh.lab import netns
-from ciphermesh.lab.names import node_netns, underlay_netns
-from ciphermesh.lab.state import check_lab_name
+from ciphermesh.rtnl.changes import Changes
 
 BRIDGE = "br0"
 NODE_DEVICE = "eth0"

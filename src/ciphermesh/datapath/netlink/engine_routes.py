@@ -11,16 +11,13 @@ falls through to the main table; health probes to those IPs use the TUN.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.owned_rules import OwnedRule, ensure_rule, remove_rules
-from ciphermesh.datapath.ownership import ESP_RULE_PRIORITY, ESP_TABLE, MAIN_TABLE, PROTO_ENGINE
-from ciphermesh.datapath.route_set import OwnedRoute, converge_routes
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.datapath.desired import RemoteNode
+from ciphermesh.datapath.netlink.route_set import OwnedRoute, converge_routes
+from ciphermesh.datapath.netlink.rules import OwnedRule, ensure_rule, remove_rules
+from ciphermesh.rtnl import (
     RTN_UNICAST,
     RTN_UNREACHABLE,
     delete_route,
@@ -28,19 +25,14 @@ from ciphermesh.datapath.rtnl import (
     get_link,
     netlink_op,
 )
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import ESP_RULE_PRIORITY, ESP_TABLE, MAIN_TABLE, PROTO_ENGINE
 
 IPPROTO_ESP = 50
 TUN_METRIC = 10
 FAIL_CLOSED_METRIC = 4096
 ESP_RULE = OwnedRule(ESP_RULE_PRIORITY, ESP_TABLE, PROTO_ENGINE, ip_proto=IPPROTO_ESP, iifname="lo")
-
-
-@dataclass(frozen=True)
-class RemoteNode:
-    """A peer as the engine routes to it: its router IP lies in one of its pod CIDRs."""
-
-    router_ip: IPv4Address
-    pod_cidrs: tuple[IPv4Network, ...]
 
 
 def _check(local_pod_cidrs: tuple[IPv4Network, ...], remotes: Iterable[RemoteNode]) -> list[IPv4Network]:

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.ownership import WIREGUARD_MARK
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.tun_link import configure_link
-from ciphermesh.datapath.udp_batch import open_udp_sockets
-from ciphermesh.datapath.wireguard_engine import WireGuardEngine
+from ciphermesh.datapath.userspace.tun import TunDevice
+from ciphermesh.datapath.userspace.tun_link import configure_link
+from ciphermesh.datapath.userspace.udp_batch import open_udp_sockets
+from ciphermesh.datapath.userspace.wireguard.engine import WireGuardEngine
+from ciphermesh.rtnl.errors import DatapathError
+from ciphermesh.rtnl.ownership import WIREGUARD_MARK
 from ciphermesh.wireguard.device import Device
 from ciphermesh.wireguard.keys import PrivateKey
 from ciphermesh.wireguard.peer import PeerConfig

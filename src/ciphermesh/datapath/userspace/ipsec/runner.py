@@ -1,6 +1,6 @@
 """Run one userspace IPsec engine as a process, its desired state in a file, controlled over a unix socket.
 
-`python -m ciphermesh.datapath.ipsec_engine_runner --state S.json --tun cm_ipsec --control C.sock`
+`python -m ciphermesh.datapath.userspace.ipsec.runner --state S.json --tun cm_ipsec --control C.sock`
 opens (or creates) the TUN device and the raw ESP socket, applies the state and moves packets until
 SIGTERM/SIGINT. The control socket takes one line per connection, `status` or `reload` (re-read the
 state file and apply it), and answers one JSON line. For tests and benchmarks; the agent embeds the engine.
@@ -20,14 +20,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ciphermesh.datapath.ipsec_engine import (
+from ciphermesh.datapath.desired import IPsecEngineState
+from ciphermesh.datapath.userspace.ipsec.engine import (
     DEFAULT_BATCH,
     DEFAULT_SOCKET_BUFFER,
     IPsecEngine,
     open_esp_socket,
 )
-from ciphermesh.datapath.ipsec_state import IPsecEngineState
-from ciphermesh.datapath.ipsec_state_file import (
+from ciphermesh.datapath.userspace.ipsec.state_file import (
     StateFileError,
     check_fresh,
     read_state_file,

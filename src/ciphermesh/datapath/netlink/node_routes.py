@@ -13,18 +13,18 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.owned_rules import OwnedRule, ensure_rule, remove_rules
-from ciphermesh.datapath.ownership import (
+from ciphermesh.datapath.netlink.engine_routes import FAIL_CLOSED_METRIC, TUN_METRIC
+from ciphermesh.datapath.netlink.route_set import OwnedRoute, converge_routes
+from ciphermesh.datapath.netlink.rules import OwnedRule, ensure_rule, remove_rules
+from ciphermesh.rtnl import RTN_UNICAST, RTN_UNREACHABLE, ensure_link_up, get_link
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import (
     NODE_RULE_PRIORITY,
     NODE_TABLE,
     PROTO_NODE_ENCRYPTION,
     TUNNEL_MARK_MASK,
 )
-from ciphermesh.datapath.route_set import OwnedRoute, converge_routes
-from ciphermesh.datapath.routing import FAIL_CLOSED_METRIC, TUN_METRIC
-from ciphermesh.datapath.rtnl import RTN_UNICAST, RTN_UNREACHABLE, ensure_link_up, get_link
 
 NODE_RULE = OwnedRule(
     NODE_RULE_PRIORITY, NODE_TABLE, PROTO_NODE_ENCRYPTION, fwmark=0, fwmask=TUNNEL_MARK_MASK

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.errors import DatapathError
+from ciphermesh.rtnl.errors import DatapathError
 
 TABLE = "ciphermesh_strict"
 CHAIN = "egress"

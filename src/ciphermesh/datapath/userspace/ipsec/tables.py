@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address
 
-from ciphermesh.datapath.ipsec_engine_drops import EngineDrop
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer
-from ciphermesh.datapath.prefix_map import PrefixMap
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.userspace.ipsec.drops import EngineDrop
+from ciphermesh.datapath.userspace.ipsec.prefix_map import PrefixMap
 from ciphermesh.esp import (
     Decapsulated,
     InboundSA,

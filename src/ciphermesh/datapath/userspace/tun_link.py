@@ -7,7 +7,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 
 from pyroute2 import IPRoute
 
-from ciphermesh.datapath.rtnl import netlink_op, require_link
+from ciphermesh.rtnl import netlink_op, require_link
 
 
 def configure_link(name: str, *, mtu: int, addresses: Sequence[IPv4Interface | IPv6Interface]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.errors import DatapathError, DeviceMissingError
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.errors import DatapathError, DeviceMissingError
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02

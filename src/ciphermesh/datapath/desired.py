@@ -1,4 +1,9 @@
-"""What the userspace IPsec engine should do: the local router IP and, per peer, its prefixes and SA keys."""
+"""The desired datapath as plain data: what the agent plans and every engine and netlink pass applies.
+
+The agent-datapath contract: links and routes follow `DesiredDatapath`'s VXLAN peers and remotes, an
+IPsec engine its `engine` state (the local router IP and, per peer, prefixes and SA keys), a WireGuard
+engine its `wireguard_peers`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from types import MappingProxyType
+from typing import Literal
 
+from ciphermesh.datapath.netlink.links import vtep_mac
 from ciphermesh.keys import KeyLine
+from ciphermesh.wireguard.keys import PublicKey
 
 MIN_SPI = 1  # RFC 4303 2.1: SPI 0 is reserved for local use and never goes on the wire
 MAX_SPI = 0xFFFFFFFF
 
 PodCIDR = IPv4Network | IPv6Network
+Mode = Literal["disabled", "ipsec", "wireguard"]
+WIREGUARD_PORT = 51871
 
 
 @dataclass(frozen=True)
@@ -100,3 +110,50 @@ def _check_peers(local: IPv4Address, peers: Iterable[IPsecPeer]) -> None:
                         f"pod CIDR {cidr} of peer {peer.router_ip} overlaps {other} of peer {owner}"
                     )
             prefixes.append((cidr, peer.router_ip))
+
+
+@dataclass(frozen=True)
+class VxlanPeer:
+    """A remote node as cilium_vxlan sees it."""
+
+    node_ip: IPv4Address
+    router_ip: IPv4Address
+
+    @property
+    def mac(self) -> str:
+        return vtep_mac(self.router_ip)
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """A peer as the engine routes to it: its router IP lies in one of its pod CIDRs."""
+
+    router_ip: IPv4Address
+    pod_cidrs: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class WireGuardPeer:
+    """A peer as cilium_wg0 holds it: public key, `nodeIP:51871`, pod CIDRs and node IP as allowed IPs."""
+
+    name: str
+    public_key: PublicKey
+    endpoint: tuple[str, int]
+    allowed_ips: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class DesiredDatapath:
+    """What one node's kernel and engine should hold."""
+
+    mode: Mode
+    vxlan_peers: tuple[VxlanPeer, ...]
+    remotes: tuple[RemoteNode, ...]
+    engine: IPsecEngineState | None
+    waiting: tuple[str, ...]
+    wireguard_peers: tuple[WireGuardPeer, ...] = ()
+    # Pod CIDRs of peers this node cannot encrypt to yet: only their fail-closed route, never plaintext.
+    blocked: tuple[IPv4Network, ...] = ()
+    # Node encryption: peers' node IPs whose host traffic goes through the engine, and those held back.
+    node_peers: tuple[IPv4Address, ...] = ()
+    blocked_nodes: tuple[IPv4Address, ...] = ()

@@ -8,15 +8,12 @@ IP as source, in the table the caller names (the ESP table: only ESP reaches it)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.errors import DeviceMissingError
-from ciphermesh.datapath.node_links import CILIUM_VXLAN, vtep_mac
-from ciphermesh.datapath.ownership import PROTO_VXLAN_PEER
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.datapath.desired import VxlanPeer
+from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
+from ciphermesh.rtnl import (
     NTF_SELF,
     NUD_PERMANENT,
     RTN_UNICAST,
@@ -25,18 +22,9 @@ from ciphermesh.datapath.rtnl import (
     netlink_op,
     route_dst,
 )
-
-
-@dataclass(frozen=True)
-class VxlanPeer:
-    """A remote node as cilium_vxlan sees it."""
-
-    node_ip: IPv4Address
-    router_ip: IPv4Address
-
-    @property
-    def mac(self) -> str:
-        return vtep_mac(self.router_ip)
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.errors import DeviceMissingError
+from ciphermesh.rtnl.ownership import PROTO_VXLAN_PEER
 
 
 def _check_peers(local_router_ip: IPv4Address, peers: Iterable[VxlanPeer]) -> dict[IPv4Address, VxlanPeer]:

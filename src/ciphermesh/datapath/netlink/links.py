@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.errors import DeviceMissingError
 from ciphermesh.datapath.mtu import Mtus
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.rtnl import (
     RT_SCOPE_LINK,
     ensure_link_up,
     get_link,
@@ -20,6 +18,8 @@ from ciphermesh.datapath.rtnl import (
     netlink_op,
     require_link,
 )
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.errors import DeviceMissingError
 
 CILIUM_HOST = "cilium_host"
 CILIUM_NET = "cilium_net"

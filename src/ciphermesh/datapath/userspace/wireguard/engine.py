@@ -16,9 +16,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from ciphermesh.datapath.tcp_coalesce import VNET_HDR_LEN, coalesce
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.udp_batch import BatchSender
+from ciphermesh.datapath.userspace.tcp_coalesce import VNET_HDR_LEN, coalesce
+from ciphermesh.datapath.userspace.tun import TunDevice
+from ciphermesh.datapath.userspace.udp_batch import BatchSender
 from ciphermesh.wireguard.device import Device
 from ciphermesh.wireguard.events import EventKind
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from ciphermesh.datapath import wgconfig
-from ciphermesh.datapath.errors import DatapathError
-from ciphermesh.datapath.tun import TunDevice
-from ciphermesh.datapath.tun_link import configure_link
-from ciphermesh.datapath.udp_batch import open_udp_sockets
-from ciphermesh.datapath.wireguard_control import ControlServer
-from ciphermesh.datapath.wireguard_engine import DEFAULT_BATCH, WireGuardEngine
+from ciphermesh.datapath.userspace.tun import TunDevice
+from ciphermesh.datapath.userspace.tun_link import configure_link
+from ciphermesh.datapath.userspace.udp_batch import open_udp_sockets
+from ciphermesh.datapath.userspace.wireguard import wgconfig
+from ciphermesh.datapath.userspace.wireguard.control import ControlServer
+from ciphermesh.datapath.userspace.wireguard.engine import DEFAULT_BATCH, WireGuardEngine
+from ciphermesh.rtnl.errors import DatapathError
 from ciphermesh.wireguard.constants import DEFAULT_TIMING, Timing
 from ciphermesh.wireguard.device import DEFAULT_HANDSHAKE_LOAD_THRESHOLD, DEFAULT_MTU, Device
 

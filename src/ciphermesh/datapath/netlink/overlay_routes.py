@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.node_links import CILIUM_VXLAN
-from ciphermesh.datapath.ownership import MAIN_TABLE, PROTO_OVERLAY
-from ciphermesh.datapath.routing import RemoteNode
-from ciphermesh.datapath.rtnl import delete_route, netlink_op, require_link, route_dst, route_mtu
+from ciphermesh.datapath.desired import RemoteNode
+from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
+from ciphermesh.rtnl import delete_route, netlink_op, require_link, route_dst, route_mtu
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.ownership import MAIN_TABLE, PROTO_OVERLAY
 
 _Key = tuple[IPv4Network, str, str, int]
 # The gateway is the peer's router IP, reachable on cilium_vxlan through its permanent neighbour entry.

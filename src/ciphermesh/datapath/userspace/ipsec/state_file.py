@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
-from ciphermesh.datapath.ipsec_state import IPsecEngineState, IPsecPeer, PodCIDR
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer, PodCIDR
 from ciphermesh.keys import KeyLine, KeyLineError, parse_line
 
 

@@ -14,14 +14,15 @@ import socket
 import threading
 from typing import Any
 
-from ciphermesh.datapath.ipsec_engine_drops import EngineDrop, new_drop_counts
-from ciphermesh.datapath.ipsec_state import IPsecEngineState
-from ciphermesh.datapath.ipsec_tables import IPsecTables, SAParams
-from ciphermesh.datapath.ownership import IPSEC_ENCRYPTED_MARK
-from ciphermesh.datapath.tcp_coalesce import VNET_HDR_LEN, coalesce
-from ciphermesh.datapath.tun import TunDevice
+from ciphermesh.datapath.desired import IPsecEngineState
+from ciphermesh.datapath.userspace.ipsec.drops import EngineDrop, new_drop_counts
+from ciphermesh.datapath.userspace.ipsec.sa_list import held_sas
+from ciphermesh.datapath.userspace.ipsec.tables import IPsecTables, SAParams
+from ciphermesh.datapath.userspace.tcp_coalesce import VNET_HDR_LEN, coalesce
+from ciphermesh.datapath.userspace.tun import TunDevice
 from ciphermesh.esp import PROTO_ESP, Counters, Drop
 from ciphermesh.esp.ledger import SALedger
+from ciphermesh.rtnl.ownership import IPSEC_ENCRYPTED_MARK
 
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; Python's socket module does not export these
 SO_RCVBUFFORCE = 33
@@ -243,6 +244,12 @@ class IPsecEngine:
                 for path in tables.paths
             ],
         }
+
+    def security_associations(self, reveal: bool = False) -> list[dict[str, Any]]:
+        """The SAs this engine holds (direction, outer addresses, SPI); key hex only with `reveal`."""
+        with self._lock:
+            tables = self._tables
+        return held_sas(tables, reveal)
 
     def close(self) -> None:
         """Close the raw socket and the TUN device."""

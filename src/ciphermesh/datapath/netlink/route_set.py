@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.ownership import MAIN_TABLE
-from ciphermesh.datapath.rtnl import (
+from ciphermesh.rtnl import (
     RTN_UNICAST,
     RTN_UNREACHABLE,
     delete_route,
@@ -16,6 +14,8 @@ from ciphermesh.datapath.rtnl import (
     route_dst,
     route_mtu,
 )
+from ciphermesh.rtnl.changes import Changes
+from ciphermesh.rtnl.ownership import MAIN_TABLE
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ciphermesh.datapath.changes import Changes
-from ciphermesh.datapath.rtnl import netlink_op
+from ciphermesh.rtnl import netlink_op
+from ciphermesh.rtnl.changes import Changes
 
 _FR_ACT_TO_TBL = 1
 _IP_PROTO_NAMES = {50: "esp"}  # as `ip rule` prints them

@@ -1,0 +1,45 @@
+"""The engine face: what every encryption engine does for a node, whichever kind it is."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, get_args
+
+from ciphermesh.datapath.desired import DesiredDatapath
+from ciphermesh.rtnl.errors import DatapathError
+
+# Where the encryption runs: in this process behind a TUN device, or in the kernel (issue 13).
+EngineKind = Literal["userspace", "kernel"]
+ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
+EncryptedMode = Literal["ipsec", "wireguard"]
+
+
+class EngineNotBuiltError(DatapathError):
+    """An engine kind this build does not have yet."""
+
+
+class Engine(Protocol):
+    """One node's encryption engine, started by `open_engine` and gone after `close`."""
+
+    @property
+    def kind(self) -> EngineKind:
+        """Which implementation this is, as `encryption.engine` reports it."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """The device that traffic to encrypted peers is routed into."""
+        ...
+
+    def apply(self, desired: DesiredDatapath) -> None:
+        """Hold exactly `desired`'s peers and keys: idempotent, and convergent from any earlier state."""
+        ...
+
+    def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
+        """None if not running, else a JSON-friendly dict with at least `engine` (the kind), `counters`
+        (`txBytes`, `rxBytes`: inner bytes to and from peers), `peers` and `sas` (held SAs: `direction`,
+        `src`, `dst`, `spi`, `key`, the key's hex only with `reveal`)."""
+        ...
+
+    def close(self) -> None:
+        """Stop the engine and remove its device; traffic to its peers then meets the fail-closed routes."""
+        ...

@@ -1,0 +1,1 @@
+"""The userspace IPsec engine: ESP on a raw socket, SAs per tunnel, Cilium's XFRM drop names."""
