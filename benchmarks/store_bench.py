@@ -18,8 +18,9 @@ from pathlib import Path
 from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.etcd.backend import EtcdBackend
-from ciphermesh.store.etcd_client import EtcdClient, Put, mod_revision_is
-from ciphermesh.store.etcd_process import start_etcd, stop_etcd
+from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.etcd.messages import Put, mod_revision_is
+from ciphermesh.store.etcd.process import start_etcd, stop_etcd
 from ciphermesh.store.model import Node
 from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store

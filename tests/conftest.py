@@ -12,7 +12,7 @@ import pytest
 
 from ciphermesh.lab import netns
 from ciphermesh.lab.processes import pids_in_netns
-from ciphermesh.store.etcd_process import stop_etcd
+from ciphermesh.store.etcd.process import stop_etcd
 from tests.support import names
 from tests.support.etcd import EtcdFixture, TcpProxy
 

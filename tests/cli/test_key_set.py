@@ -16,7 +16,7 @@ from ciphermesh.keys import KeyLineError, parse_secret
 from ciphermesh.lab.cluster import LabInfo, connect, load_lab
 from ciphermesh.lab.state import LAB_ROOT_ENV, LabPaths, write_private
 from ciphermesh.store.errors import InvalidSecretError
-from ciphermesh.store.etcd_process import start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import start_etcd, stop_etcd
 
 SECRET = "cilium-ipsec-keys"
 GCM = "rfc4106(gcm(aes))"

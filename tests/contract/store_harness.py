@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ciphermesh.store.etcd.backend import EtcdBackend
-from ciphermesh.store.etcd_client import EtcdClient
+from ciphermesh.store.etcd.client import EtcdClient
 from ciphermesh.store.store import Store
 from tests.support.etcd import EtcdFixture, TcpProxy
 

@@ -33,7 +33,7 @@ from ciphermesh.lab.cluster import (
     wait_ready,
 )
 from ciphermesh.lab.processes import pid_alive
-from ciphermesh.store.etcd_process import running_etcd, start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import running_etcd, start_etcd, stop_etcd
 from tests.support.lab import (
     IPSEC,
     NODES,

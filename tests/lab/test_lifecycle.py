@@ -19,7 +19,7 @@ from ciphermesh.lab.cluster import load_lab
 from ciphermesh.lab.pod_registry import get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths, lab_root
-from ciphermesh.store.etcd_process import read_record
+from ciphermesh.store.etcd.process import read_record
 from tests.support.lab import (
     IPSEC,
     UnderlayCapture,

@@ -18,7 +18,7 @@ import pytest
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabInfo, agent_pid, connect, load_lab, wait_ready
 from ciphermesh.lab.processes import marked_pids, pid_alive, read_pidfile
-from ciphermesh.store.etcd_process import read_record, running_etcd
+from ciphermesh.store.etcd.process import read_record, running_etcd
 from tests.support.lab import (
     IPSEC,
     READY_TIMEOUT,

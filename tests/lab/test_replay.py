@@ -20,7 +20,7 @@ from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import agent_pid, agent_status, load_lab, wait_ready
 from ciphermesh.lab.pod_registry import get_pod
 from ciphermesh.store.base import DEFAULT_NODE_TTL
-from ciphermesh.store.etcd_process import start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import start_etcd, stop_etcd
 from tests.support.lab import (
     IPSEC,
     READY_TIMEOUT,

@@ -17,7 +17,7 @@ import pytest
 from ciphermesh.cli.main import main
 from ciphermesh.lab.cluster import LabInfo, agent_pid, load_lab
 from ciphermesh.lab.processes import pid_alive, read_pidfile
-from ciphermesh.store.etcd_process import read_record
+from ciphermesh.store.etcd.process import read_record
 from tests.support.lab import (
     IPSEC,
     cli_json,

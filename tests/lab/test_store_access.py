@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.lab.cluster import LabInfo, connect
-from ciphermesh.store.etcd_process import read_record
+from ciphermesh.store.etcd.process import read_record
 from tests.support.lab import IPSEC, lab_with_pods
 from tests.support.names import unique_lab
 

@@ -15,7 +15,7 @@ from ciphermesh.agent.status_socket import query_status
 from ciphermesh.lab import netns
 from ciphermesh.lab.processes import start_daemon, stop_daemon
 from ciphermesh.lab.state import LAB_ROOT_ENV
-from ciphermesh.store.etcd_process import start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import start_etcd, stop_etcd
 from tests.support.netns import built_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -11,7 +11,7 @@ import pytest
 from ciphermesh.keys import KeyLineError, KeyRotationError, generate_line, parse_secret
 from ciphermesh.operator.key_rotation import AutoRotator
 from ciphermesh.operator.key_secret import NoKeySecretError, current_key, rotate_key, set_key
-from ciphermesh.store.etcd_process import start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import start_etcd, stop_etcd
 from ciphermesh.store.model import Node
 from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from ciphermesh.store.etcd_client import (
+from ciphermesh.store.etcd.client import EtcdClient, decode_reply
+from ciphermesh.store.etcd.messages import (
     Delete,
-    EtcdClient,
     EtcdError,
     EtcdRequestError,
     EtcdUnavailableError,
@@ -18,7 +18,6 @@ from ciphermesh.store.etcd_client import (
     WatchCompactedError,
     WatchEvent,
     create_revision_is,
-    decode_reply,
     key_missing,
     mod_revision_is,
     prefix_end,

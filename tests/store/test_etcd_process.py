@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ciphermesh.store.etcd_client import EtcdClient
-from ciphermesh.store.etcd_process import (
+from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.etcd.process import (
     EtcdAlreadyRunningError,
     EtcdProcessError,
     client_url,
@@ -109,7 +109,7 @@ def test_second_start_is_refused_or_replaces(etcd: EtcdFixture) -> None:
 def test_a_stale_etcd_from_a_crashed_run_is_found_and_stopped(tmp_path: Path) -> None:
     state = tmp_path / "state"
     # A process that starts etcd and dies without stopping it, as a crashed `lab up` would.
-    code = "import sys; from pathlib import Path; from ciphermesh.store.etcd_process import start_etcd; "
+    code = "import sys; from pathlib import Path; from ciphermesh.store.etcd.process import start_etcd; "
     code += "print(start_etcd(Path(sys.argv[1])).pid)"
     try:
         out = subprocess.run(

@@ -8,7 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
-from ciphermesh.store.etcd_process import EtcdInfo, start_etcd, stop_etcd
+from ciphermesh.store.etcd.process import EtcdInfo, start_etcd, stop_etcd
 
 
 class EtcdFixture:

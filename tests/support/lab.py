@@ -29,7 +29,7 @@ from ciphermesh.lab.pod_registry import PodRecord, get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.lab.wire import WireReport, analyse_capture
-from ciphermesh.store.etcd_process import read_record
+from ciphermesh.store.etcd.process import read_record
 from tests.support.netns import HostSnapshot, host_snapshot
 from tests.support.wait import wait_until
 

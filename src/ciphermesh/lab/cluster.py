@@ -24,7 +24,7 @@ from ciphermesh.lab.recovery import recover_manifest
 from ciphermesh.lab.state import LabPaths, write_private
 from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import Expect
-from ciphermesh.store.etcd_process import running_etcd, start_etcd
+from ciphermesh.store.etcd.process import running_etcd, start_etcd
 from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 

@@ -16,7 +16,7 @@ from ciphermesh.lab.processes import (
     stop_daemon,
 )
 from ciphermesh.lab.state import LabPaths
-from ciphermesh.store.etcd_process import stop_etcd
+from ciphermesh.store.etcd.process import stop_etcd
 
 
 def lab_down(name: str, progress: Progress) -> None:

@@ -10,7 +10,7 @@ from ciphermesh.lab import netns, topology
 from ciphermesh.lab.names import is_lab_netns, node_netns
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.rtnl import ipv4_addresses, require_link
-from ciphermesh.store.etcd_process import client_endpoint
+from ciphermesh.store.etcd.process import client_endpoint
 
 
 def node_count(lab: str) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ciphermesh.store.base import Expect, Precondition, Revision, StoreEvent, Versioned
 from ciphermesh.store.errors import ConflictError
+from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.etcd.messages import Delete, LeaseNotFoundError, Put, prefix_end
 from ciphermesh.store.etcd.records import (
     KeyLayout,
     compare,
@@ -15,7 +17,6 @@ from ciphermesh.store.etcd.records import (
 )
 from ciphermesh.store.etcd.registrations import EtcdNodeRegistration, EtcdOperatorRegistration
 from ciphermesh.store.etcd.watch import watch_records
-from ciphermesh.store.etcd_client import Delete, EtcdClient, LeaseNotFoundError, Put, prefix_end
 from ciphermesh.store.model import KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 from ciphermesh.store.errors import StoreError
-from ciphermesh.store.etcd_client import EtcdClient, EtcdError, LeaseNotFoundError
+from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.etcd.messages import EtcdError, LeaseNotFoundError
 
 log = logging.getLogger(__name__)
 

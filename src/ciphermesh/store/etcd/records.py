@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from ciphermesh.store.base import Expect, Precondition, Revision, Versioned
 from ciphermesh.store.errors import RecordError, StoreError, StoreUnavailableError
-from ciphermesh.store.etcd_client import (
+from ciphermesh.store.etcd.messages import (
     Compare,
     EtcdError,
     EtcdUnavailableError,

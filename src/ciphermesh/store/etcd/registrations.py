@@ -10,16 +10,10 @@ from dataclasses import replace
 
 from ciphermesh.store.base import StoreEvent
 from ciphermesh.store.errors import ConflictError
+from ciphermesh.store.etcd.client import EtcdClient
 from ciphermesh.store.etcd.leases import LeaseKeeper
+from ciphermesh.store.etcd.messages import Get, LeaseNotFoundError, Put, key_missing, mod_revision_is
 from ciphermesh.store.etcd.records import KeyLayout, parse_kv, store_errors
-from ciphermesh.store.etcd_client import (
-    EtcdClient,
-    Get,
-    LeaseNotFoundError,
-    Put,
-    key_missing,
-    mod_revision_is,
-)
 from ciphermesh.store.model import Node, OperatorRecord
 from ciphermesh.store.node_records import checked_mutation, wait_for_pod_cidrs
 from ciphermesh.store.stream import EventStream

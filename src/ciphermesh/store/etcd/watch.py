@@ -9,13 +9,9 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ciphermesh.store.base import StoreEvent
+from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.etcd.messages import EtcdUnavailableError, WatchCompactedError, WatchEvent
 from ciphermesh.store.etcd.records import parse_kv, revision, store_errors
-from ciphermesh.store.etcd_client import (
-    EtcdClient,
-    EtcdUnavailableError,
-    WatchCompactedError,
-    WatchEvent,
-)
 from ciphermesh.store.stream import EventStream, StreamSink
 
 T = TypeVar("T")

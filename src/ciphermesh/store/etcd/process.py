@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ciphermesh.store.etcd_client import EtcdClient
+from ciphermesh.store.etcd.client import EtcdClient
 
 ETCD_BINARY = "etcd"
 DEFAULT_START_TIMEOUT = 20.0

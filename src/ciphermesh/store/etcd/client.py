@@ -16,9 +16,26 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from ciphermesh.store.etcd.messages import (
+    Compare,
+    EtcdError,
+    EtcdRequestError,
+    EtcdUnavailableError,
+    KeyValue,
+    Lease,
+    LeaseNotFoundError,
+    Op,
+    Put,
+    RangeResult,
+    TxnResult,
+    WatchCompactedError,
+    WatchEvent,
+    b64,
+    prefix_end,
+    range_body,
+)
 from ciphermesh.store.stream import EventStream, StreamSink
 
 log = logging.getLogger(__name__)
@@ -29,154 +46,6 @@ DEFAULT_TIMEOUT = 5.0
 _GRPC_RETRYABLE = frozenset({1, 4, 14})  # CANCELED, DEADLINE_EXCEEDED, UNAVAILABLE
 _MAX_IDLE_CONNECTIONS = 8
 _WATCH_BACKOFF_MAX = 2.0
-
-
-class EtcdError(Exception):
-    """Any failure talking to etcd; the message is one line fit for a user."""
-
-
-class EtcdUnavailableError(EtcdError):
-    """etcd cannot be reached or cannot serve now (down, restarting, no leader); retrying may help."""
-
-
-class EtcdRequestError(EtcdError):
-    """etcd rejected a request (bad argument, too large, ...); retrying the same request will not help."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class LeaseNotFoundError(EtcdError):
-    """The lease expired or was revoked."""
-
-
-class WatchCompactedError(EtcdError):
-    """The revision a watch had to resume from was compacted away; re-list and watch again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"etcd compacted the history up to revision {compact_revision}")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class RangeResult:
-    kvs: tuple[KeyValue, ...]
-    revision: int
-
-
-@dataclass(frozen=True)
-class Lease:
-    id: int
-    ttl: int
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: Literal["put", "delete"]
-    kv: KeyValue
-    prev_kv: KeyValue | None
-
-    @property
-    def revision(self) -> int:
-        return self.kv.mod_revision
-
-
-CompareTarget = Literal["MOD", "CREATE", "VERSION", "VALUE", "LEASE"]
-CompareResult = Literal["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]
-_COMPARE_FIELD = {"MOD": "mod_revision", "CREATE": "create_revision", "VERSION": "version", "LEASE": "lease"}
-
-
-@dataclass(frozen=True)
-class Compare:
-    key: bytes
-    target: CompareTarget
-    value: int | bytes
-    result: CompareResult = "EQUAL"
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": _b64(self.key), "target": self.target, "result": self.result}
-        if self.target == "VALUE":
-            if not isinstance(self.value, bytes):
-                raise TypeError("a VALUE comparison needs bytes")
-            out["value"] = _b64(self.value)
-        else:
-            out[_COMPARE_FIELD[self.target]] = str(int(self.value))
-        return out
-
-
-def mod_revision_is(key: bytes, revision: int) -> Compare:
-    """The key was last modified at `revision` (0: the key does not exist)."""
-    return Compare(key, "MOD", revision)
-
-
-def create_revision_is(key: bytes, revision: int) -> Compare:
-    """The key was created at `revision`; with 0, the key does not exist."""
-    return Compare(key, "CREATE", revision)
-
-
-def key_missing(key: bytes) -> Compare:
-    return create_revision_is(key, 0)
-
-
-@dataclass(frozen=True)
-class Put:
-    key: bytes
-    value: bytes
-    lease: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": _b64(self.key), "value": _b64(self.value)}
-        if self.lease:
-            body["lease"] = str(self.lease)
-        return {"request_put": body}
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: bytes
-    range_end: bytes | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"request_delete_range": _range_body(self.key, self.range_end)}
-
-
-@dataclass(frozen=True)
-class Get:
-    key: bytes
-    range_end: bytes | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"request_range": _range_body(self.key, self.range_end)}
-
-
-Op = Put | Delete | Get
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
-    ranges: tuple[tuple[KeyValue, ...], ...]
-    """The key-values of each `Get` in the branch that ran, in order."""
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end that makes a range cover every key starting with `prefix`."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return b"\x00"
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -241,7 +110,7 @@ class EtcdClient:
         return self.range(prefix, prefix_end(prefix))
 
     def range(self, key: bytes, range_end: bytes | None = None) -> RangeResult:
-        reply = self._call("/v3/kv/range", _range_body(key, range_end))
+        reply = self._call("/v3/kv/range", range_body(key, range_end))
         return _range_result(reply)
 
     def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
@@ -251,7 +120,7 @@ class EtcdClient:
 
     def delete(self, key: bytes, range_end: bytes | None = None) -> int:
         """Delete a key (or a range); returns how many keys went."""
-        reply = self._call("/v3/kv/deleterange", _range_body(key, range_end))
+        reply = self._call("/v3/kv/deleterange", range_body(key, range_end))
         return int(reply.get("deleted", 0))
 
     def delete_prefix(self, prefix: bytes) -> int:
@@ -307,7 +176,7 @@ class EtcdClient:
     ) -> EventStream[WatchEvent]:
         """Events on a key or range from `start_revision` (default: every change after this call)."""
         if start_revision is None:
-            body = {**_range_body(key, range_end), "count_only": True}
+            body = {**range_body(key, range_end), "count_only": True}
             start_revision = _header_revision(self._call("/v3/kv/range", body)) + 1
         watcher = _Watcher(self, key, range_end, start_revision)
         return EventStream(f"etcd-watch {key!r}", watcher.run, watcher.interrupt)
@@ -465,13 +334,13 @@ class _Watcher:
 
     def _create_request(self) -> dict[str, Any]:
         request: dict[str, Any] = {
-            "key": _b64(self._key),
+            "key": b64(self._key),
             "start_revision": str(self.next_revision),
             "prev_kv": True,
             "progress_notify": True,
         }
         if self._range_end is not None:
-            request["range_end"] = _b64(self._range_end)
+            request["range_end"] = b64(self._range_end)
         return {"create_request": request}
 
     def _handle(self, message: dict[str, Any], sink: StreamSink[WatchEvent]) -> bool:
@@ -511,17 +380,6 @@ def _keepalive(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _range_body(key: bytes, range_end: bytes | None) -> dict[str, Any]:
-    body = {"key": _b64(key)}
-    if range_end is not None:
-        body["range_end"] = _b64(range_end)
-    return body
 
 
 def _key_value(raw: dict[str, Any]) -> KeyValue:
