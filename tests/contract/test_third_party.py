@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from kube_support import require_binaries
 
 from ciphermesh.store.third_party import ThirdPartyMissingError, third_party_binary
 
@@ -20,6 +22,14 @@ def test_a_missing_command_names_the_setup_step() -> None:
         ThirdPartyMissingError, match=r"^no-such-tool is not built in .*: run bash scripts/setup"
     ):
         third_party_binary("no-such-tool")
+
+
+def test_the_kubernetes_harness_fails_rather_than_skips_without_the_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"etcd is not built in .*: run bash scripts/setup\.sh"):
+        require_binaries()
 
 
 @pytest.mark.slow
