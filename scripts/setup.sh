@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up ciphermesh on Debian 12 as root: the Debian packages it uses and the Python environment (.venv).
+# Sets up ciphermesh on Debian 12 as root: the Debian packages it uses, the Python environment (.venv) and
+# the pinned third-party commands built with Go (scripts/third-party.sh, linked into .venv/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ PACKAGES=(
   etcd-server                     # the lab's control-plane store
   wireguard-go wireguard-tools    # the WireGuard peer we interoperate with
   iperf3 curl nftables iptables   # traffic and checks inside pods and nodes
+  util-linux                      # flock, for the third-party build cache
 )
 
 missing=()
@@ -29,4 +31,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# kube-apiserver, kubectl, etcd, helm, wireguard-go at pinned releases, built once per machine and pin.
+bash scripts/third-party.sh
 echo "setup done: .venv/bin/ciphermesh $(.venv/bin/ciphermesh --version)"

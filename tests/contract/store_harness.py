@@ -2,17 +2,24 @@
 
 A harness starts a real backend for one test, opens `Store`s on it, and does to it what the suite needs
 done behind the store's back: restart it, cut clients off, lose watch history, write bad records.
-A new backend (Kubernetes next) adds a harness here and a name to `BACKENDS`; the suite stays unchanged.
+A new backend adds a harness here and a name to `BACKENDS`; the suite stays unchanged.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from kube_support import KubeCluster, LoopbackProxy
+
 from ciphermesh.store.etcd.backend import EtcdBackend
 from ciphermesh.store.etcd.client import EtcdClient
+from ciphermesh.store.kubernetes.backend import KubernetesBackend
+from ciphermesh.store.kubernetes.client import NOT_FOUND, KubeApiError, KubeClient, KubeConfig
+from ciphermesh.store.kubernetes.objects import CILIUM_NODES, secrets
 from ciphermesh.store.store import Store
 from tests.support.etcd import EtcdFixture, TcpProxy
 
@@ -93,10 +100,77 @@ class EtcdHarness:
         self._etcd.stop()
 
 
-BACKENDS = ("etcd",)
+class KubernetesHarness:
+    """The pinned etcd and kube-apiserver started for the test, with a TCP proxy for breakable stores."""
+
+    name = "kubernetes"
+
+    def __init__(self, state_dir: Path) -> None:
+        self._cluster = KubeCluster(state_dir)
+        self._proxy = LoopbackProxy(self._cluster.port)
+        self._config = KubeConfig.from_file(self._cluster.kubeconfig)
+        self._raw = KubeClient(self._config)
+        self._stores: list[Store] = []
+        # The suite writes a secret in namespace `ns`; on Kubernetes a namespace exists before its objects.
+        self._raw.request("POST", "/api/v1/namespaces", {"metadata": {"name": "ns"}})
+
+    def open(self, *, breakable: bool = False, timeout: float = 5.0) -> Store:
+        config = self._config
+        if breakable:
+            config = dataclasses.replace(config, server=f"https://127.0.0.1:{self._proxy.port}")
+        store = Store(KubernetesBackend(KubeClient(config, timeout=timeout), CLUSTER))
+        self._stores.append(store)
+        return store
+
+    def cut(self) -> None:
+        self._proxy.cut()
+
+    def restore(self) -> None:
+        self._proxy.restore()
+
+    def restart(self) -> None:
+        self._cluster.restart()
+
+    def stop(self) -> None:
+        self._cluster.stop()
+
+    def expire_history(self) -> None:
+        # The API server's watch cache would still serve the old versions: compact etcd and replace the
+        # API server, whose new cache starts at the head, so a watch from before now gets 410 Gone.
+        self._cluster.compact()
+        self._cluster.restart()
+        self._raw.close()
+
+    def write_raw_secret(self, name: str, namespace: str, data: bytes) -> None:
+        path = f"{secrets(namespace)}/{name}"
+        current = self._raw.request("GET", path)
+        current["data"] = {"keys": base64.b64encode(data).decode()}
+        self._raw.request("PUT", path, current)
+
+    def write_malformed_node(self, name: str) -> None:
+        body = {"apiVersion": "cilium.io/v2", "kind": "CiliumNode", "metadata": {"name": name},
+                "spec": {"addresses": [{"type": "InternalIP", "ip": "not-an-address"}], "bootid": "b"}}
+        try:
+            self._raw.request("DELETE", f"{CILIUM_NODES}/{name}")
+        except KubeApiError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+        self._raw.request("POST", CILIUM_NODES, body)
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+        self._raw.close()
+        self._proxy.close()
+        self._cluster.close()
+
+
+BACKENDS = ("etcd", "kubernetes")
 
 
 def start_harness(name: str, tmp_path: Path, proxy_factory: Callable[[str], TcpProxy]) -> StoreHarness:
     if name == "etcd":
         return EtcdHarness(tmp_path / "etcd", proxy_factory)
+    if name == "kubernetes":
+        return KubernetesHarness(tmp_path / "kube")
     raise ValueError(f"no store harness named {name!r}")
