@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from kube_support import KubeCluster, LoopbackProxy
-
 from ciphermesh.store.etcd.backend import EtcdBackend
 from ciphermesh.store.etcd.client import EtcdClient
 from ciphermesh.store.kubernetes.backend import KubernetesBackend
@@ -22,6 +20,7 @@ from ciphermesh.store.kubernetes.client import NOT_FOUND, KubeApiError, KubeClie
 from ciphermesh.store.kubernetes.objects import CILIUM_NODES, secrets
 from ciphermesh.store.store import Store
 from tests.support.etcd import EtcdFixture, TcpProxy
+from tests.support.kube import KubeCluster, LoopbackProxy
 
 CLUSTER = "cm"
 

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_support import KubeCluster
 
 from ciphermesh.keys import generate_line
 from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
 from ciphermesh.store.store import Store
+from tests.support.kube import KubeCluster
 
 WG_KEY = base64.b64encode(bytes(range(32))).decode()
 

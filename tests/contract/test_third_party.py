@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kube_support import require_binaries
 
 from ciphermesh.store.third_party import ThirdPartyMissingError, third_party_binary
+from tests.support.kube import require_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 
