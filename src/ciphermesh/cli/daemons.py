@@ -12,10 +12,10 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
-from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode, engine_kind
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
-from ciphermesh.cli.values import add_values_arguments, values_from_args
+from ciphermesh.cli.values import add_config_dir_argument, add_values_arguments, values_from_args
 from ciphermesh.config import Values
 from ciphermesh.datapath.face import DatapathError
 from ciphermesh.operator.controller import OperatorConfig, run_operator
@@ -60,6 +60,7 @@ def _agent(args: argparse.Namespace) -> int:
         status_socket=args.status_socket,
         probe_interval=args.probe_interval,
         state_dir=args.state_dir,
+        engine=engine_kind(values),
     )
     with IPRoute() as ipr:
         try:
@@ -119,6 +120,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="etcd endpoint: http://HOST:PORT or unix:///path/to/socket")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name (key prefix in the store)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_config_dir_argument(parser)
     add_values_arguments(parser)
 
 
