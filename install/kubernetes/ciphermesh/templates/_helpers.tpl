@@ -18,5 +18,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Whether the operator rotates the IPsec key: IPsec on and a non-zero autoRotateInterval. A validated
 Go duration is zero exactly when it has no digit 1-9 (its units have no digits). */}}
 {{- define "ciphermesh.autoRotate" -}}
-{{- if and (include "ciphermesh.ipsec" .) (regexMatch "[1-9]" .Values.encryption.ipsec.autoRotateInterval) }}true{{ end }}
+{{- if and (include "ciphermesh.ipsec" .) (regexMatch "[1-9]" (toString .Values.encryption.ipsec.autoRotateInterval)) }}true{{ end }}
 {{- end }}
