@@ -41,7 +41,8 @@ def _helm_error(stderr: str, what: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error:")]
     reason = errors[-1] if errors else (lines[-1] if lines else "no message")
-    return f"helm {what}: {reason}"
+    # helm often starts its own message with the command's name: say it once.
+    return f"helm {what}: {reason.removeprefix(f'{what}: ')}"
 
 
 @contextlib.contextmanager
