@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,28 +18,9 @@ from ciphermesh.store.etcd.client import EtcdClient
 from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.kubernetes.client import KubeClient, KubeConfig
 from ciphermesh.store.store import Store
+from tests.support.atomic_writer import kubelet_write
 
 DEADLINE = 15.0
-
-
-def kubelet_write(directory: Path, files: dict[str, bytes]) -> None:
-    """Write `files` as the kubelet's atomic writer does: a new `..<timestamp>.<random>` directory, a
-    `..data_tmp` symlink to it renamed over `..data`, the visible names linked into `..data`, the old
-    directory removed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    data = directory / "..data"
-    old = os.readlink(data) if data.is_symlink() else None
-    new = Path(tempfile.mkdtemp(prefix=time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()), dir=directory))
-    for name, content in files.items():
-        (new / name).write_bytes(content)
-    new.chmod(0o755)
-    os.symlink(new.name, directory / "..data_tmp")
-    os.rename(directory / "..data_tmp", data)
-    for name in files:
-        if not (directory / name).is_symlink():
-            os.symlink(f"..data/{name}", directory / name)
-    if old is not None:
-        shutil.rmtree(directory / old)
 
 
 def line_text(line: KeyLine) -> bytes:
