@@ -16,8 +16,16 @@ from ciphermesh.store.kubernetes.client import JSONObject, KubeClient
 from ciphermesh.store.kubernetes.leases import get_or_none
 from ciphermesh.store.kubernetes.objects import CILIUM_NODES, NODES, name_of
 from ciphermesh.store.model import Node
+from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 from tests.support.kube import KubeCluster
+from tests.support.kube_rbac import (
+    OPERATOR_RULES,
+    mount_token,
+    pod_environment,
+    request_token,
+    service_account,
+)
 
 DEADLINE = 60.0
 TTL = 3
@@ -119,8 +127,15 @@ def test_only_cilium_nodes_without_a_node_for_the_grace_period_are_deleted(store
     assert cilium_node_names(api) == {"node-1", "node-3"}
 
 
-def test_the_operator_on_kubernetes_deletes_the_cilium_node_of_a_deleted_node(store: Store) -> None:
+def test_the_operator_in_cluster_deletes_the_cilium_node_of_a_deleted_node(
+    store: Store, kube: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = api_of(store)
+    # The operator as its Deployment runs it: in-cluster, with the operator's RBAC and nothing more.
+    service_account(api, "cilium-operator", OPERATOR_RULES)
+    pod_environment(kube, tmp_path / "serviceaccount", monkeypatch)
+    mount_token(tmp_path / "serviceaccount", request_token(api, "cilium-operator"))
+    operator_store = open_store("kubernetes", "gc")
     for name in ("node-1", "node-2", "node-3"):
         create_node(api, name)
     registrations = {
@@ -131,15 +146,18 @@ def test_the_operator_on_kubernetes_deletes_the_cilium_node_of_a_deleted_node(st
     api.request("DELETE", f"{NODES}/node-2")
     stop = threading.Event()
     config = OperatorConfig(cluster_pool_ipv4_cidrs=("10.0.0.0/16",), lease_ttl=TTL)
-    operator = threading.Thread(target=run_operator, args=(store, config, stop), daemon=True)
+    operator = threading.Thread(target=run_operator, args=(operator_store, config, stop), daemon=True)
     operator.start()
     try:
         wait_for("node-2's CiliumNode collected", lambda: "node-2" not in cilium_node_names(api))
         assert cilium_node_names(api) == {"node-1", "node-3"}
+        # The same operator allocated the live nodes' pod CIDRs with those permissions.
+        wait_for("pod CIDRs given", lambda: all(n.value.pod_cidrs for n in store.list_nodes()))
         assert {n.value.name for n in store.list_nodes()} == {"node-1", "node-3"}
     finally:
         stop.set()
         operator.join(timeout=15)
+        operator_store.close()
         for registration in registrations.values():
             registration.close()
     assert not operator.is_alive()

@@ -16,7 +16,7 @@ from ciphermesh.config import load_values
 from ciphermesh.keys import generate_line, parse_secret
 from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.kubernetes.client import JSONObject, KubeApiError, KubeClient, KubeConfig, WatchHandles
-from ciphermesh.store.kubernetes.incluster import SERVICEACCOUNT_DIR_ENV, in_cluster_config
+from ciphermesh.store.kubernetes.incluster import in_cluster_config
 from ciphermesh.store.kubernetes.objects import CILIUM_NODES, NODES
 from ciphermesh.store.kubernetes.token import TOKEN_REREAD_SECONDS
 from ciphermesh.store.model import Node
@@ -24,20 +24,17 @@ from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 from tests.support.atomic_writer import kubelet_write
 from tests.support.kube import KubeCluster
+from tests.support.kube_rbac import (
+    AGENT_RULES,
+    NAMESPACE,
+    mount_token,
+    pod_environment,
+    request_token,
+    service_account,
+    whoami,
+)
 
 DEADLINE = 30.0
-NAMESPACE = "kube-system"
-RBAC = "/apis/rbac.authorization.k8s.io/v1"
-# The agent's permissions as the chart grants them (docs: the shared k8s plan): no Secrets at all.
-AGENT_CLUSTER_RULES = [
-    {"apiGroups": ["cilium.io"], "resources": ["ciliumnodes"],
-     "verbs": ["get", "list", "watch", "create", "update"]},
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-]
-AGENT_LEASE_RULES = [
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-     "verbs": ["create", "get", "list", "watch", "update"]},
-]
 
 
 @pytest.fixture
@@ -56,59 +53,11 @@ def admin(kube: KubeCluster) -> Iterator[KubeClient]:
     client.close()
 
 
-def bind(admin: KubeClient, name: str, kind: str, rules: list[JSONObject], namespace: str | None) -> None:
-    """A (Cluster)Role `name` with `rules`, bound to ServiceAccount kube-system/`name`."""
-    scope = f"{RBAC}/namespaces/{namespace}" if namespace else RBAC
-    plural = kind.lower() + "s"
-    meta = {"name": name, **({"namespace": namespace} if namespace else {})}
-    admin.request("POST", f"{scope}/{plural}", {"kind": kind, "metadata": meta, "rules": rules})
-    admin.request("POST", f"{scope}/{plural.replace('roles', 'rolebindings')}", {
-        "kind": f"{kind}Binding", "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}],
-    })
-
-
-def agent_service_account(admin: KubeClient, name: str) -> None:
-    admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts", {"metadata": {"name": name}})
-    bind(admin, name, "ClusterRole", AGENT_CLUSTER_RULES, None)
-    bind(admin, name, "Role", AGENT_LEASE_RULES, "kube-node-lease")
-
-
-def request_token(admin: KubeClient, name: str) -> str:
-    """A token from the TokenRequest API, as the kubelet gets the one it projects into a pod."""
-    review = admin.request(
-        "POST",
-        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}},
-    )
-    return str(review["status"]["token"])
-
-
 @pytest.fixture
 def in_cluster(kube: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The pod's environment: the Service variables and the ServiceAccount directory (token added later)."""
     directory = tmp_path / "serviceaccount"
-    assert kube.server is not None
-    ca = kube.server.pki.ca_cert.read_bytes()
-    kubelet_write(directory, {"ca.crt": ca, "namespace": NAMESPACE.encode()})
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kube.port))
-    monkeypatch.setenv(SERVICEACCOUNT_DIR_ENV, str(directory))
+    pod_environment(kube, directory, monkeypatch)
     return directory
-
-
-def mount_token(directory: Path, token: str) -> None:
-    """The kubelet's refresh of a projected token: the whole volume swapped atomically."""
-    files = {name: (directory / name).read_bytes() for name in ("ca.crt", "namespace")}
-    kubelet_write(directory, {**files, "token": token.encode()})
-
-
-def whoami(api: KubeClient) -> str:
-    review = api.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    return str(review["status"]["userInfo"]["username"])
 
 
 def api_of(store: Store) -> KubeClient:
@@ -146,7 +95,7 @@ class RecordingClient(KubeClient):
 def test_the_agent_runs_in_cluster_with_no_permission_on_secrets(
     admin: KubeClient, in_cluster: Path, tmp_path: Path
 ) -> None:
-    agent_service_account(admin, "cilium")
+    service_account(admin, "cilium", AGENT_RULES)
     mount_token(in_cluster, request_token(admin, "cilium"))
     node_uid = admin.request("POST", NODES, {"metadata": {"name": "node-1"}})["metadata"]["uid"]
     client = RecordingClient(in_cluster_config())
@@ -193,7 +142,7 @@ def test_the_agent_runs_in_cluster_with_no_permission_on_secrets(
 
 def test_a_rotated_token_is_read_again_without_anything_revoked(admin: KubeClient, in_cluster: Path) -> None:
     for name in ("cilium", "cilium-next"):
-        agent_service_account(admin, name)
+        service_account(admin, name, AGENT_RULES)
     mount_token(in_cluster, request_token(admin, "cilium"))
     client = KubeClient(in_cluster_config(), token_reread=1.0)
     try:
@@ -208,7 +157,7 @@ def test_a_rotated_token_is_read_again_without_anything_revoked(admin: KubeClien
 
 def test_a_401_reads_the_token_again_at_once(admin: KubeClient, in_cluster: Path, kube: KubeCluster) -> None:
     for name in ("cilium", "cilium-next"):
-        agent_service_account(admin, name)
+        service_account(admin, name, AGENT_RULES)
     mount_token(in_cluster, request_token(admin, "cilium"))
     store = open_store("kubernetes", "c")  # as the DaemonSet runs it: the minute-long re-read
     opened = time.monotonic()
