@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
+from ciphermesh.agent.key_file import mounted_key_file
 from ciphermesh.agent.keyring import KeyRing
 from ciphermesh.agent.modes import agent_mode, node_encryption, strict_cidr, strict_guard
 from ciphermesh.agent.plan import plan
@@ -68,7 +69,8 @@ class Agent:
         self.started_at = time.time()
         self.last_apply: float | None = None
         self._registration: NodeRegistration | None = None
-        self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"))
+        self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"),
+                                 mounted_key_file(store, options.values, self.mode))
         key = load_or_create_private_key(options.state_dir) if self.mode == "wireguard" else None
         # Published with the registration, before the engine exists.
         self.public_key = None if key is None else key.public_key().to_base64()

@@ -22,7 +22,7 @@ from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
 from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
 from ciphermesh.store.errors import StoreError
-from ciphermesh.store.open import open_store
+from ciphermesh.store.open import ENDPOINTS_HELP, open_store
 from ciphermesh.store.store import Store
 
 DEFAULT_CLUSTER = "default"
@@ -117,7 +117,7 @@ def _start_auto_rotation(store: Store, values: Values, stop: threading.Event) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, metavar="ENDPOINT",
-                        help="etcd endpoint: http://HOST:PORT or unix:///path/to/socket")
+                        help=f"the cluster's store: {ENDPOINTS_HELP}")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name (key prefix in the store)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_config_dir_argument(parser)
