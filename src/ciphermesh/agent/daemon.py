@@ -24,6 +24,7 @@ from ciphermesh.datapath.desired import DesiredDatapath, Mode
 from ciphermesh.datapath.face import EngineKind, NodeDatapath, PodCIDRConflictError, StrictGuard
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
+from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
 from ciphermesh.store.store import Store
 
@@ -280,5 +281,7 @@ class Agent:
         self._view.stop()
         self.datapath.close()
         if self._registration is not None:
-            self._registration.close(revoke=True)
+            # On Kubernetes the agent has no delete (least privilege; Cilium's too keeps its CiliumNode): the
+            # Lease lapses within its TTL and peers drop the node then; the operator collects the rest.
+            self._registration.close(revoke=not isinstance(self.store.backend, KubernetesBackend))
         self._status.stop()
