@@ -1,0 +1,230 @@
+"""The lab kubelet against a real kube-apiserver and real node namespaces: a DaemonSet labelled
+part-of=ciphermesh runs a pod per node, in the node's netns, with its Secret, env, token and exactly
+the granted capabilities; patches, restarts, template changes, node and workload deletion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ciphermesh.lab.processes import pid_alive, read_pidfile
+from ciphermesh.store.kubernetes.client import KubeClient, KubeConfig
+from tests.lab.kubelet.harness import KubeletLab, kubelet_lab
+from tests.support.names import unique_lab
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+NS = "kube-system"
+# CAP_NET_ADMIN (12), CAP_NET_RAW (13), CAP_SYS_MODULE (16).
+GRANTED = (1 << 12) | (1 << 13) | (1 << 16)
+SCRIPT = r"""
+while true; do
+  {
+    echo "arg=$1"
+    echo "node=$K8S_NODE_NAME"
+    echo "ip=$K8S_NODE_IP"
+    echo "service=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"
+    echo "key=$(cat /etc/test-keys/..data/keys)"
+    echo "namespace=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)"
+    echo "netns=$(readlink /proc/self/ns/net)"
+    grep '^Cap' /proc/self/status | tr -d '\t' | sed 's/:/=/'
+  } > /var/run/probe/report.tmp
+  mv /var/run/probe/report.tmp /var/run/probe/report
+  sleep 0.2
+done
+"""
+
+
+def daemonset(annotation: str = "one") -> dict[str, Any]:
+    labels = {"k8s-app": "probe", "app.kubernetes.io/part-of": "ciphermesh"}
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "probe", "namespace": NS, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"k8s-app": "probe"}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"revision": annotation}},
+                "spec": {
+                    "hostNetwork": True, "serviceAccountName": "probe", "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "probe", "image": "busybox",
+                        "command": ["sh", "-c", SCRIPT, "sh", "$(K8S_NODE_NAME)"],
+                        "env": [
+                            {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                            {"name": "K8S_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                        ],
+                        "securityContext": {"privileged": False, "capabilities": {
+                            "add": ["NET_ADMIN", "NET_RAW", "SYS_MODULE"], "drop": ["ALL"]}},
+                        "volumeMounts": [
+                            {"name": "keys", "mountPath": "/etc/test-keys", "readOnly": True},
+                            {"name": "probe", "mountPath": "/var/run/probe"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "keys", "secret": {"secretName": "test-keys", "defaultMode": 0o400}},
+                        {"name": "probe", "hostPath": {"path": "/var/run/probe", "type": "DirectoryOrCreate"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def report(lab: KubeletLab, node: str) -> dict[str, str]:
+    try:
+        text = (lab.node_root(node) / "var/run/probe/report").read_text()
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def probe_pods(lab: KubeletLab) -> dict[str, dict[str, Any]]:
+    """Running probe pods by node."""
+    return {p["spec"]["nodeName"]: p for p in lab.pods()
+            if p["metadata"]["name"].startswith("probe-") and (p.get("status") or {}).get("phase") == "Running"}
+
+
+def container_pid(lab: KubeletLab, pod: dict[str, Any]) -> int | None:
+    return read_pidfile(lab.root / "kubelet/pods" / pod["metadata"]["uid"] / "containers/probe.pid")
+
+
+def set_key(lab: KubeletLab, value: str) -> None:
+    lab.cluster.kubectl("patch", "secret", "-n", NS, "test-keys", "-p", json.dumps({"stringData": {"keys": value}}))
+
+
+def test_the_kubelet_runs_ciphermesh_workloads(tmp_path: Path) -> None:
+    with kubelet_lab(tmp_path, unique_lab("kl"), nodes=2) as lab:
+        nodes = [n.name for n in lab.plan.nodes]
+        lab.cluster.kubectl("create", "serviceaccount", "-n", NS, "probe")
+        lab.cluster.kubectl("create", "secret", "generic", "-n", NS, "test-keys", "--from-literal=keys=key-1")
+        lab.start_kubelet()
+
+        # Nodes registered, Ready, with InternalIP; their Leases exist.
+        def ready_nodes() -> dict[str, str]:
+            found = {}
+            for node in lab.kubectl_json("get", "nodes")["items"]:
+                conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
+                ips = [a["address"] for a in node["status"].get("addresses") or [] if a["type"] == "InternalIP"]
+                if conditions.get("Ready") == "True":
+                    found[node["metadata"]["name"]] = ips[0]
+            return found
+
+        wait_until(lambda: ready_nodes() == {n.name: str(n.ip) for n in lab.plan.nodes}, 60, "Ready Nodes",
+                   detail=lab.kubelet_log)
+        leases = {n: lab.kubectl_json("get", "lease", "-n", "kube-node-lease", n)["spec"]["renewTime"] for n in nodes}
+
+        lab.apply(daemonset())
+        wait_until(lambda: set(probe_pods(lab)) == set(nodes) and all(report(lab, n) for n in nodes), 90,
+                   "a probe pod running on every node", detail=lab.kubelet_log)
+        pods = probe_pods(lab)
+        ds_uid = lab.kubectl_json("get", "daemonset", "-n", NS, "probe")["metadata"]["uid"]
+        for plan_node in lab.plan.nodes:
+            node, pod = plan_node.name, pods[plan_node.name]
+            assert pod["status"]["podIP"] == str(plan_node.ip) == pod["status"]["hostIP"]
+            assert pod["metadata"]["ownerReferences"][0]["uid"] == ds_uid
+            assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ciphermesh"
+            seen = report(lab, node)
+            assert seen["arg"] == node and seen["node"] == node and seen["ip"] == str(plan_node.ip)
+            assert seen["service"] == f"127.0.0.1:{lab.cluster.port}"
+            assert seen["key"] == "key-1"
+            assert seen["namespace"] == NS
+            assert seen["netns"] == f"net:[{os.stat(f'/run/netns/{plan_node.netns}').st_ino}]"
+            for field in ("CapPrm", "CapEff", "CapBnd"):
+                assert int(seen[field], 16) == GRANTED, (field, seen)
+            assert int(seen["CapInh"], 16) == 0 and int(seen["CapAmb"], 16) == 0
+
+        # The volume as the kubelet lays it out, and the ServiceAccount token that authenticates.
+        volume = lab.root / "kubelet/pods" / pods[nodes[0]]["metadata"]["uid"] / "volumes/kubernetes.io~secret/keys"
+        assert os.readlink(volume / "keys") == "..data/keys"
+        assert os.readlink(volume / "..data").startswith("..2")
+        assert (volume / "keys").stat().st_mode & 0o777 == 0o400
+        projected = next((volume.parent.parent / "kubernetes.io~projected").iterdir())
+        token = (projected / "token").read_text()
+        config = KubeConfig(server=lab.cluster.url, ca_file=str(projected / "ca.crt"), token=token)
+        review = KubeClient(config).request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        assert review["status"]["userInfo"]["username"] == "system:serviceaccount:kube-system:probe"
+
+        # A patched Secret reaches the mounted file through an atomic swap: a reader never sees a gap.
+        torn: list[str] = []
+        done = threading.Event()
+
+        def read_forever() -> None:
+            while not done.is_set():
+                try:
+                    value = (volume / "keys").read_text()
+                except OSError as exc:
+                    torn.append(repr(exc))
+                    continue
+                if value not in {f"key-{i}" for i in range(1, 7)}:
+                    torn.append(value)
+
+        reader = threading.Thread(target=read_forever)
+        reader.start()
+        try:
+            for i in range(2, 7):
+                set_key(lab, f"key-{i}")
+                wait_until(lambda i=i: all(report(lab, n).get("key") == f"key-{i}" for n in nodes), 20,
+                           f"key-{i} in every pod's mounted file")
+        finally:
+            done.set()
+            reader.join()
+        assert not torn
+
+        # A killed container is restarted (and counted).
+        pid = container_pid(lab, pods[nodes[0]])
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        wait_until(lambda: (p := container_pid(lab, pods[nodes[0]])) is not None and p != pid, 30,
+                   "the container restarted", detail=lab.kubelet_log)
+        wait_until(lambda: probe_pods(lab)[nodes[0]]["status"]["containerStatuses"][0]["restartCount"] == 1, 30,
+                   "restartCount 1")
+
+        # Leases renew.
+        wait_until(lambda: all(lab.kubectl_json("get", "lease", "-n", "kube-node-lease", n)["spec"]["renewTime"]
+                               != leases[n] for n in nodes), 40, "renewed Leases")
+
+        # A kubelet that dies leaves its pods running; started again, it adopts them.
+        pids = {n: container_pid(lab, p) for n, p in probe_pods(lab).items()}
+        kubelet = read_pidfile(lab.pidfile)
+        assert kubelet is not None
+        os.kill(kubelet, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(kubelet), 10, "the kubelet gone")
+        assert all(pid is not None and pid_alive(pid) for pid in pids.values())
+        lab.start_kubelet()
+        set_key(lab, "key-1")
+        wait_until(lambda: all(report(lab, n).get("key") == "key-1" for n in nodes), 30,
+                   "the adopted pods' volumes kept current", detail=lab.kubelet_log)
+        assert {n: container_pid(lab, p) for n, p in probe_pods(lab).items()} == pids
+
+        # A changed template replaces every pod.
+        old = {p["metadata"]["uid"] for p in probe_pods(lab).values()}
+        lab.apply(daemonset("two"))
+        wait_until(lambda: len(p := probe_pods(lab)) == 2 and not {x["metadata"]["uid"] for x in p.values()} & old,
+                   90, "the pods replaced", detail=lab.kubelet_log)
+        assert all(not pid_alive(pid) for pid in pids.values() if pid is not None)
+
+        # A deleted Node stops its pod and is not registered again.
+        gone = nodes[1]
+        gone_pid = container_pid(lab, probe_pods(lab)[gone])
+        lab.cluster.kubectl("delete", "node", gone)
+        wait_until(lambda: gone not in probe_pods(lab) and not any(
+            p["spec"]["nodeName"] == gone for p in lab.pods()), 30, "the deleted node's pod gone")
+        assert gone_pid is not None and not pid_alive(gone_pid)
+        renewed = lab.kubectl_json("get", "lease", "-n", "kube-node-lease", nodes[0])["spec"]["renewTime"]
+        wait_until(lambda: lab.kubectl_json("get", "lease", "-n", "kube-node-lease", nodes[0])["spec"]["renewTime"]
+                   != renewed, 40, "another round of heartbeats")
+        assert gone not in {n["metadata"]["name"] for n in lab.kubectl_json("get", "nodes")["items"]}
+
+        # A deleted workload stops its pods and deletes them.
+        last = container_pid(lab, probe_pods(lab)[nodes[0]])
+        lab.cluster.kubectl("delete", "daemonset", "-n", NS, "probe")
+        wait_until(lambda: not lab.pods(), 30, "no pods left")
+        assert last is not None and not pid_alive(last)
+        assert not list((lab.root / "kubelet/pods").iterdir())
