@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ciphermesh.lab.processes import marked_pids, read_pidfile, start_daemon, stop_daemon, kill_pids
+from ciphermesh.lab.processes import kill_pids, marked_pids, read_pidfile, start_daemon, stop_daemon
 from ciphermesh.lab.state import LAB_ROOT_ENV
 from ciphermesh.lab.topology import TopologyPlan
 from tests.support.kube import KubeCluster

@@ -110,9 +110,11 @@ def container_env(
 
 def command_line(container: JSONObject, env: Mapping[str, str]) -> list[str]:
     """command + args, expanded; `ciphermesh` is `python -m ciphermesh` of this checkout."""
-    argv = [expand(str(word), env) for word in (container.get("command") or []) + (container.get("args") or [])]
+    words = (container.get("command") or []) + (container.get("args") or [])
+    argv = [expand(str(word), env) for word in words]
     if not argv:
-        raise ContainerSpecError(f"container {container.get('name')!r} has no command (the lab runs no images)")
+        name = container.get("name")
+        raise ContainerSpecError(f"container {name!r} has no command (the lab runs no images)")
     if argv[0] == "ciphermesh":
         argv = [sys.executable, "-m", "ciphermesh", *argv[1:]]
     return argv

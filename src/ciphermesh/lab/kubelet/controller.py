@@ -5,7 +5,6 @@ changed template replaces one pod at a time, and only while every other pod is a
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from ciphermesh.lab.kubelet.workloads import Slot, Workload, desired_slots
@@ -15,7 +14,7 @@ from ciphermesh.lab.kubelet.workloads import Slot, Workload, desired_slots
 class PodView:
     """What the plan needs of a running pod."""
 
-    key: Hashable
+    key: int
     workload_uid: str
     slot: str
     node: str
@@ -26,7 +25,7 @@ class PodView:
 
 @dataclass
 class Plan:
-    stop: list[Hashable] = field(default_factory=list)
+    stop: list[int] = field(default_factory=list)
     create: list[tuple[Workload, Slot]] = field(default_factory=list)
 
 
@@ -50,8 +49,10 @@ def plan(workloads: dict[str, Workload], nodes: list[str], pods: list[PodView]) 
             if not any(p.slot == key for p in staying):
                 result.create.append((workload, slot))
                 unavailable += 1
-        outdated = sorted((p for p in staying if not p.terminating and p.template_hash != workload.template_hash),
-                          key=lambda p: (p.node, p.slot))
+        outdated = sorted(
+            (p for p in staying if not p.terminating and p.template_hash != workload.template_hash),
+            key=lambda p: (p.node, p.slot),
+        )
         if outdated and unavailable == 0:
             result.stop.append(outdated[0].key)
     return result

@@ -76,7 +76,8 @@ class Kubelet:
         self._lock = threading.Lock()
         self.registry = NodeRegistry(self.api, setup.node_ips, setup.state_dir)
         self.ctx = KubeletContext(
-            api=self.api, lookup=self._lookup, pods=PodStore(setup.state_dir / "pods"), logs=setup.root / "logs",
+            api=self.api, lookup=self._lookup, pods=PodStore(setup.state_dir / "pods"),
+            logs=setup.root / "logs",
             node_root=lambda node: setup.root / "nodes" / node / "root", netns_of=setup.netns.__getitem__,
             node_ip=setup.node_ips.__getitem__, marker=setup.marker,
             extra_env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port),
@@ -117,7 +118,8 @@ class Kubelet:
                         item = self._events.get_nowait()
                     except queue.Empty:
                         item = None
-                if listed != set(_SOURCES):
+                # Adopted pods wait for their nodes' registration, or they would look misplaced.
+                if listed != set(_SOURCES) or not self.registry.first_round.is_set():
                     continue
                 if not adopted:
                     self._publish_root_ca()
@@ -152,7 +154,8 @@ class Kubelet:
                     self.registry.node_gone(name, str(before[name]["metadata"]["uid"]))
         elif kind == "Pod":
             seen = {str(o["metadata"]["uid"]) for o in [*before.values(), *after.values()]}
-            live = {str(o["metadata"]["uid"]) for o in after.values() if not o["metadata"].get("deletionTimestamp")}
+            live = {str(o["metadata"]["uid"]) for o in after.values()
+                    if not o["metadata"].get("deletionTimestamp")}
             for worker in self.workers.values():
                 # Deleted through the API (kubectl delete pod): stop it; the controller makes a new one.
                 # A pod just created and not yet seen by the watch is not in `seen`.
@@ -193,7 +196,8 @@ class Kubelet:
             known.add(record.uid)
             worker.start()
             pod = api_pods.get(record.uid)
-            if pod is None or pod["metadata"].get("deletionTimestamp") or record.node not in self.setup.node_ips:
+            gone = pod is None or bool(pod["metadata"].get("deletionTimestamp"))
+            if gone or record.node not in self.setup.node_ips:
                 worker.stop(teardown=True)
         for uid, pod in api_pods.items():
             annotations = pod["metadata"].get("annotations") or {}
@@ -227,7 +231,8 @@ def setup_of(lab: str) -> KubeletSetup:
     manifest = info.paths.read_manifest() or {}
     kubeconfig = Path(manifest.get("kubeconfig") or info.paths.root / "kube" / "admin.kubeconfig")
     if not kubeconfig.exists():
-        raise LabError(f"lab {lab}: no kubeconfig at {kubeconfig}; is it a lab with --control-plane kubernetes?")
+        raise LabError(f"lab {lab}: no kubeconfig at {kubeconfig}; "
+                       "is it a lab with --control-plane kubernetes?")
     return KubeletSetup(
         root=info.paths.root, marker=info.paths.marker, node_ips=dict(info.node_ips),
         netns={node: info.netns_of(node) for node in info.nodes}, kubeconfig=kubeconfig,

@@ -4,6 +4,7 @@ not registered again, not even by a restarted kubelet: its pods stop and its pee
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 from ciphermesh.lab.state import write_private
-from ciphermesh.store.kubernetes.client import CONFLICT, NOT_FOUND, JSONObject, KubeApiError, KubeClient
 from ciphermesh.store.errors import StoreUnavailableError
+from ciphermesh.store.kubernetes.client import CONFLICT, NOT_FOUND, JSONObject, KubeApiError, KubeClient
 
 log = logging.getLogger(__name__)
 LEASE_DURATION = 40
@@ -55,6 +56,8 @@ class NodeRegistry:
         self._registered: dict[str, str] = {}  # name -> uid
         self._status_at: dict[str, float] = {}
         self._stopped = threading.Event()
+        # Set after the first round of registrations: until then a node's absence says nothing.
+        self.first_round = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-leases", daemon=True)
 
     def _read_deleted(self) -> list[str]:
@@ -83,10 +86,9 @@ class NodeRegistry:
             self._deleted.add(name)
             write_private(self._deleted_file, json.dumps(sorted(self._deleted)) + "\n")
         log.info("node %s was deleted: its pods stop and it is not registered again", name)
-        try:
+        # A Lease left behind names a Node that is gone (no garbage collector runs in the lab to drop it).
+        with contextlib.suppress(KubeApiError, StoreUnavailableError):
             self.api.request("DELETE", f"{LEASES}/{name}")
-        except (KubeApiError, StoreUnavailableError):
-            pass  # a Lease left behind names a Node that is gone; nothing reads it as live
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -98,6 +100,7 @@ class NodeRegistry:
                     self._heartbeat(name, ip)
                 except (KubeApiError, StoreUnavailableError) as exc:
                     log.warning("node %s: %s", name, exc)
+            self.first_round.set()
             with self._lock:
                 pending = [n for n in self.node_ips if n not in self._registered and n not in self._deleted]
             # Nodes not registered yet (the API server starting, say) are tried again soon.

@@ -194,7 +194,8 @@ class PodWorker:
 
     def _step(self) -> None:
         assert self.record is not None
-        volumes = PodVolumes(self._pod_view(), self.ctx.pods.dir(self.record.uid), self.ctx.node_root(self.node))
+        pod_dir = self.ctx.pods.dir(self.record.uid)
+        volumes = PodVolumes(self._pod_view(), pod_dir, self.ctx.node_root(self.node))
         try:
             if self._volumes_dirty or any(t.due() for t in self._tokens.values()):
                 self._volumes_dirty = False
@@ -222,8 +223,9 @@ class PodWorker:
         if container.started_at is not None:
             container.last_exit = _reap(pidfile)
             ran = now - container.started_at
-            container.backoff = BACKOFF_BASE if ran >= BACKOFF_RESET else min(container.backoff * 2, BACKOFF_MAX)
-            container.next_start = now + (0.0 if ran >= BACKOFF_RESET else container.backoff)
+            healthy = ran >= BACKOFF_RESET
+            container.backoff = BACKOFF_BASE if healthy else min(container.backoff * 2, BACKOFF_MAX)
+            container.next_start = now + (0.0 if healthy else container.backoff)
             container.started_at = None
             self.record.restarts[container.name] = self.record.restarts.get(container.name, 0) + 1
             self.ctx.pods.save(self.record)
@@ -265,9 +267,9 @@ class PodWorker:
         statuses = []
         for c in self._containers:
             running = c.started_at is not None
-            state = ({"running": {"startedAt": c.started_wall}} if running else
-                     {"waiting": {"reason": "CrashLoopBackOff" if c.last_exit is not None else "ContainerCreating",
-                                  **({"message": self._problem} if self._problem else {})}})
+            reason = "CrashLoopBackOff" if c.last_exit is not None else "ContainerCreating"
+            waiting = {"reason": reason, **({"message": self._problem} if self._problem else {})}
+            state = {"running": {"startedAt": c.started_wall}} if running else {"waiting": waiting}
             statuses.append({"name": c.name, "image": str(c.spec.get("image") or "lab"), "imageID": "",
                              "ready": running, "started": running, "state": state,
                              "restartCount": self.record.restarts.get(c.name, 0)})

@@ -166,7 +166,8 @@ class KubeClient:
                 conn = self._connect(self.timeout)
                 self._local.conn = conn
             try:
-                conn.request(method, target, body=data, headers={**self._headers, "Content-Type": content_type})
+                headers = {**self._headers, "Content-Type": content_type}
+                conn.request(method, target, body=data, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
                 retry_after = response.getheader("Retry-After") or ""
