@@ -100,6 +100,10 @@ def container_pid(lab: KubeletLab, pod: dict[str, Any]) -> int | None:
     return read_pidfile(lab.root / "kubelet/pods" / pod["metadata"]["uid"] / "containers/probe.pid")
 
 
+def restarts(lab: KubeletLab, node: str) -> int:
+    return int(probe_pods(lab)[node]["status"]["containerStatuses"][0]["restartCount"])
+
+
 def set_key(lab: KubeletLab, value: str) -> None:
     patch = json.dumps({"stringData": {"keys": value}})
     lab.cluster.kubectl("patch", "secret", "-n", NS, "test-keys", "-p", patch)
@@ -254,8 +258,7 @@ def test_the_kubelet_runs_ciphermesh_workloads(tmp_path: Path) -> None:
         os.killpg(pid, signal.SIGKILL)
         wait_until(lambda: (p := container_pid(lab, pods[nodes[0]])) is not None and p != pid, 30,
                    "the container restarted", detail=lab.kubelet_log)
-        status = lambda: probe_pods(lab)[nodes[0]]["status"]["containerStatuses"][0]  # noqa: E731
-        wait_until(lambda: status()["restartCount"] == 1, 30, "restartCount 1")
+        wait_until(lambda: restarts(lab, nodes[0]) == 1, 30, "restartCount 1")
         wait_until(lambda: all(lease_renewed(lab, n) != leases[n] for n in nodes), 40, "renewed Leases")
 
         # A kubelet that dies leaves its pods running; started again, it adopts them.
