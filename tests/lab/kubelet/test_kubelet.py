@@ -261,6 +261,14 @@ def test_the_kubelet_runs_ciphermesh_workloads(tmp_path: Path) -> None:
         wait_until(lambda: restarts(lab, nodes[0]) == 1, 30, "restartCount 1")
         wait_until(lambda: all(lease_renewed(lab, n) != leases[n] for n in nodes), 40, "renewed Leases")
 
+        # A Pod deleted through the API is stopped, and the DaemonSet gets a new one on that node.
+        deleted = probe_pods(lab)[nodes[1]]
+        deleted_pid = container_pid(lab, deleted)
+        lab.cluster.kubectl("delete", "pod", "-n", NS, deleted["metadata"]["name"], "--timeout=60s")
+        wait_until(lambda: nodes[1] in (p := probe_pods(lab)) and p[nodes[1]]["metadata"]["uid"]
+                   != deleted["metadata"]["uid"], 30, "a new pod on the node", detail=lab.kubelet_log)
+        assert deleted_pid is not None and not pid_alive(deleted_pid)
+
         # A kubelet that dies leaves its pods running; started again, it adopts them.
         pids = {n: container_pid(lab, p) for n, p in probe_pods(lab).items()}
         kubelet = read_pidfile(lab.pidfile)

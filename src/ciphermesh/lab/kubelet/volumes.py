@@ -1,7 +1,9 @@
 """A pod's volumes on the node: what each holds and where it lives on this machine.
 
 configMap, secret and projected volumes are written in the atomic-writer layout under the pod's
-directory (`volumes/kubernetes.io~<kind>/<name>`) and rewritten whenever their sources change; hostPath
+directory (`volumes/kubernetes.io~<kind>/<name>`) and rewritten as soon as the watch shows a source
+changed (within about a second; a real kubelet takes up to its sync period plus its cache's TTL, about
+a minute, so nothing may rely on this speed); hostPath
 `/X` of node `node-i` is `<lab>/nodes/node-i/root/X`, except the machine's real `/lib/modules` and
 `/dev/net/tun`; emptyDir is a directory of the pod.
 """
