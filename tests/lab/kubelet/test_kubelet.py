@@ -81,6 +81,27 @@ def daemonset(annotation: str = "one") -> dict[str, Any]:
     }
 
 
+def deployment() -> dict[str, Any]:
+    labels = {"name": "op", "app.kubernetes.io/part-of": "ciphermesh"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "op", "namespace": NS, "labels": labels},
+        "spec": {
+            "replicas": 2, "selector": {"matchLabels": {"name": "op"}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "hostNetwork": True, "serviceAccountName": "probe", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "op", "image": "busybox",
+                                "command": ["sh", "-c", "exec sleep 3600"]}],
+            }},
+        },
+    }
+
+
+def operator_pods(lab: KubeletLab) -> list[dict[str, Any]]:
+    return [p for p in lab.pods() if p["metadata"]["name"].startswith("op-")
+            and (p.get("status") or {}).get("phase") == "Running"]
+
+
 def report(lab: KubeletLab, node: str) -> dict[str, str]:
     try:
         text = (lab.node_root(node) / "var/run/probe/report").read_text()
@@ -249,6 +270,15 @@ def test_the_kubelet_runs_ciphermesh_workloads(tmp_path: Path) -> None:
         wait_until(lambda: set(probe_pods(lab)) == set(nodes) and all(report(lab, n) for n in nodes), 90,
                    "a probe pod running on every node", detail=lab.kubelet_log)
         check_pods_see_their_node(lab)
+
+        # A Deployment's replicas spread over the nodes, named and owned as its controller would.
+        lab.apply(deployment())
+        ops = wait_until(lambda: len(p := operator_pods(lab)) == 2 and p, 60, "two operator pods",
+                         detail=lab.kubelet_log)
+        assert sorted(p["spec"]["nodeName"] for p in ops) == nodes
+        template_hash = ops[0]["metadata"]["labels"]["pod-template-hash"]
+        assert all(p["metadata"]["name"].startswith(f"op-{template_hash}-") for p in ops)
+        assert {p["metadata"]["ownerReferences"][0]["kind"] for p in ops} == {"Deployment"}
         pods = probe_pods(lab)
         check_patches_are_atomic(lab, check_volume_layout_and_token(lab, pods[nodes[0]]), nodes)
 
@@ -299,6 +329,7 @@ def test_the_kubelet_runs_ciphermesh_workloads(tmp_path: Path) -> None:
         # A deleted workload stops its pods and deletes them.
         last = container_pid(lab, probe_pods(lab)[nodes[0]])
         lab.cluster.kubectl("delete", "daemonset", "-n", NS, "probe")
+        lab.cluster.kubectl("delete", "deployment", "-n", NS, "op")
         wait_until(lambda: not lab.pods(), 30, "no pods left")
         assert last is not None and not pid_alive(last)
         assert not list((lab.root / "kubelet/pods").iterdir())

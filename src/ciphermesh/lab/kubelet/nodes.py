@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ciphermesh.lab.state import write_private
 from ciphermesh.store.errors import StoreUnavailableError
@@ -50,9 +51,12 @@ class NodeRegistry:
     def __init__(self, api: KubeClient, node_ips: dict[str, str], state_dir: Path) -> None:
         self.api = api
         self.node_ips = node_ips
-        self._deleted_file = state_dir / "deleted-nodes.json"
+        self._file = state_dir / "nodes.json"
         self._lock = threading.Lock()
-        self._deleted = set(self._read_deleted())
+        remembered = self._read()
+        self._deleted = set(remembered.get("deleted") or [])
+        # Nodes an earlier kubelet registered: one missing now was deleted while no kubelet ran.
+        self._known = dict(remembered.get("registered") or {})
         self._registered: dict[str, str] = {}  # name -> uid
         self._status_at: dict[str, float] = {}
         self._stopped = threading.Event()
@@ -60,11 +64,17 @@ class NodeRegistry:
         self.first_round = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-leases", daemon=True)
 
-    def _read_deleted(self) -> list[str]:
+    def _read(self) -> dict[str, Any]:
         try:
-            return list(json.loads(self._deleted_file.read_text()))
+            data = json.loads(self._file.read_text())
         except (OSError, ValueError):
-            return []
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self) -> None:
+        """Called with the lock held."""
+        state = {"registered": {**self._known, **self._registered}, "deleted": sorted(self._deleted)}
+        write_private(self._file, json.dumps(state) + "\n")
 
     def active(self) -> list[str]:
         """The registered nodes not deleted, in the lab's order."""
@@ -84,7 +94,7 @@ class NodeRegistry:
             if self._registered.get(name) != uid or name in self._deleted:
                 return
             self._deleted.add(name)
-            write_private(self._deleted_file, json.dumps(sorted(self._deleted)) + "\n")
+            self._save()
         log.info("node %s was deleted: its pods stop and it is not registered again", name)
         # A Lease left behind names a Node that is gone (no garbage collector runs in the lab to drop it).
         with contextlib.suppress(KubeApiError, StoreUnavailableError):
@@ -121,11 +131,19 @@ class NodeRegistry:
         body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
             "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}
         try:
-            node = self.api.request("POST", NODES, body)
-        except KubeApiError as exc:
-            if exc.code != CONFLICT:
-                raise
             node = self.api.request("GET", f"{NODES}/{name}")
+        except KubeApiError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            if name in self._known:
+                self._forget(name)
+                return None
+            try:
+                node = self.api.request("POST", NODES, body)
+            except KubeApiError as exc:
+                if exc.code != CONFLICT:
+                    raise
+                node = self.api.request("GET", f"{NODES}/{name}")
         uid = str(node["metadata"]["uid"])
         self.api.request("PATCH", f"{NODES}/{name}/status", {"status": node_status(name, ip)},
                          content_type=MERGE)
@@ -134,8 +152,15 @@ class NodeRegistry:
             if name in self._deleted:
                 return None
             self._registered[name] = uid
+            self._save()
         log.info("node %s registered (InternalIP %s)", name, ip)
         return uid
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._deleted.add(name)
+            self._save()
+        log.info("node %s was deleted while no kubelet ran: it is not registered again", name)
 
     def _renew_lease(self, name: str, uid: str) -> None:
         spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION, "renewTime": micro_time()}
