@@ -60,7 +60,7 @@ class NodeRegistry:
         self._registered: dict[str, str] = {}  # name -> uid
         self._status_at: dict[str, float] = {}
         self._stopped = threading.Event()
-        # Set after the first round of registrations: until then a node's absence says nothing.
+        # Set once every node is registered (or known deleted): until then a node's absence says nothing.
         self.first_round = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-leases", daemon=True)
 
@@ -110,9 +110,10 @@ class NodeRegistry:
                     self._heartbeat(name, ip)
                 except (KubeApiError, StoreUnavailableError) as exc:
                     log.warning("node %s: %s", name, exc)
-            self.first_round.set()
             with self._lock:
                 pending = [n for n in self.node_ips if n not in self._registered and n not in self._deleted]
+            if not pending:
+                self.first_round.set()
             # Nodes not registered yet (the API server starting, say) are tried again soon.
             self._stopped.wait(1.0 if pending else RENEW_INTERVAL)
 
