@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from ipaddress import IPv4Address
 
 from rich.console import Console
@@ -16,6 +19,7 @@ from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabError, encryption_words, lab_up, load_lab
 from ciphermesh.lab.down import lab_down
+from ciphermesh.lab.kubelet.daemon import Kubelet, setup_of
 from ciphermesh.lab.pod_registry import delete_pod_record, list_pod_records, pod_command, run_pod
 from ciphermesh.lab.state import LabNameError
 
@@ -115,6 +119,20 @@ def _pod_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubelet(args: argparse.Namespace) -> int:
+    try:
+        setup = setup_of(args.name)
+    except (LabError, LabNameError) as exc:
+        raise CliError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    Kubelet(setup).run(stopped)
+    return 0
+
+
 def _name(parser: argparse.ArgumentParser) -> None:
     # `--lab` as every other command takes it; `--name` as the lab commands always took it.
     parser.add_argument("--lab", "--name", dest="name", metavar="LAB", default=DEFAULT_LAB,
@@ -148,6 +166,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exec_.add_argument("node", metavar="NODE")
     exec_.set_defaults(func=_exec, takes_command=True)
     _takes_command(exec_, "ciphermesh lab exec node-1 -- tcpdump -n -i cilium_vxlan esp")
+
+    kubelet = lab_sub.add_parser("kubelet", help="the lab's stand-in kubelet (a daemon): runs ciphermesh's "
+                                 "workloads only, from the API, as processes on the lab's nodes")
+    _name(kubelet)
+    kubelet.set_defaults(func=_kubelet)
 
     pod = lab_sub.add_parser("pod", help="pods: run, exec, list, delete")
     pod_sub = pod.add_subparsers(dest="pod_command", metavar="SUBCOMMAND", required=True)

@@ -58,8 +58,13 @@ def start_daemon(
             cwd=cwd,
             close_fds=True,
         )
-    write_private(pidfile, f"{process.pid} {_start_time(process.pid) or '-'}\n")
+    write_pidfile(pidfile, process.pid)
     return process.pid
+
+
+def write_pidfile(pidfile: Path, pid: int) -> None:
+    """Record `pid` with its start time, as `read_pidfile` checks it."""
+    write_private(pidfile, f"{pid} {_start_time(pid) or '-'}\n")
 
 
 def read_pidfile(pidfile: Path) -> int | None:

@@ -164,22 +164,27 @@ class KubeClient:
         path: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
     ) -> JSONObject:
         """The decoded JSON answer; `KubeApiError` for a refusal, `KubeUnavailableError` if unreachable.
         429 Too Many Requests (also what a starting server answers) is retried after its Retry-After,
-        as client-go does, for up to the client's timeout."""
+        as client-go does, for up to the client's timeout. A PATCH names its kind in `content_type`
+        (`application/merge-patch+json`)."""
         target = path + ("?" + urllib.parse.urlencode(params) if params else "")
         data = json.dumps(body).encode() if body is not None else None
         deadline = time.monotonic() + self.timeout
         while True:
-            status, retry_after, payload = self._send(method, target, data)
+            status, retry_after, payload = self._send(method, target, data, content_type)
             if self._rotated(status):
-                status, retry_after, payload = self._send(method, target, data)
+                status, retry_after, payload = self._send(method, target, data, content_type)
             if status != TOO_MANY_REQUESTS or time.monotonic() + retry_after > deadline:
                 return _decode(status, payload)
             time.sleep(retry_after)
 
-    def _send(self, method: str, target: str, data: bytes | None) -> tuple[int, float, bytes]:
+    def _send(
+        self, method: str, target: str, data: bytes | None, content_type: str
+    ) -> tuple[int, float, bytes]:
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
         retried = False
         while True:
@@ -187,7 +192,8 @@ class KubeClient:
                 conn = self._connect(self.timeout)
                 self._local.conn = conn
             try:
-                conn.request(method, target, body=data, headers=self._request_headers())
+                headers = {**self._request_headers(), "Content-Type": content_type}
+                conn.request(method, target, body=data, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
                 retry_after = response.getheader("Retry-After") or ""
