@@ -81,9 +81,11 @@ class RecordingClient(KubeClient):
         super().__init__(config)
         self.paths: list[str] = []
 
-    def _send(self, method: str, target: str, data: bytes | None) -> tuple[int, float, bytes]:
+    def _send(
+        self, method: str, target: str, data: bytes | None, content_type: str
+    ) -> tuple[int, float, bytes]:
         self.paths.append(target)
-        return super()._send(method, target, data)
+        return super()._send(method, target, data, content_type)
 
     def watch(
         self, path: str, params: Mapping[str, str], *, read_timeout: float, handles: WatchHandles
