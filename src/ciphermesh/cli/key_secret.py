@@ -8,7 +8,8 @@ import sys
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.keys import KeyLineError, KeyRotationError
-from ciphermesh.lab.cluster import LabError, LabInfo, connect, load_lab
+from ciphermesh.lab.cluster import connect, load_lab
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.state import LabNameError
 from ciphermesh.operator.key_secret import NoKeySecretError, current_key, rotate_key, set_key
 from ciphermesh.store.errors import StoreError

@@ -24,7 +24,8 @@ from ciphermesh.datapath.face import CILIUM_VXLAN
 from ciphermesh.keys import KeyLineError, parse_secret
 from ciphermesh.lab import probes
 from ciphermesh.lab.capture import CaptureStats, underlay_capture
-from ciphermesh.lab.cluster import LabError, LabInfo, agent_status, connect
+from ciphermesh.lab.cluster import agent_status, connect
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.names import underlay_netns
 from ciphermesh.lab.plaintext_probe import inject_plaintext
 from ciphermesh.lab.pod_registry import delete_pod_record, get_pod, run_pod
