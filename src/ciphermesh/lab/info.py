@@ -4,7 +4,6 @@ control-plane modules)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ciphermesh.config import Values, load_values
 from ciphermesh.lab.names import node_netns
@@ -30,11 +29,6 @@ class LabInfo:
     store: str
     paths: LabPaths
     control_plane: str = ETCD
-
-    @property
-    def kubeconfig(self) -> Path | None:
-        """The admin kubeconfig of a Kubernetes lab; None for an etcd lab."""
-        return self.paths.kubeconfig if self.control_plane == KUBERNETES else None
 
     def values(self) -> Values:
         """The values the lab was started with."""
