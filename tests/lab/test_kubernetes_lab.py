@@ -134,6 +134,24 @@ def test_the_key_commands_work_on_the_secret_through_the_api(lab: LabInfo) -> No
     assert keys.startswith("4+ rfc4106(gcm(aes)) ") and PSK not in keys
 
 
+def test_the_commands_follow_the_values_of_the_installed_release(lab: LabInfo, tmp_path: Path) -> None:
+    # A chart with no templates stands in for ciphermesh's: only its release's values matter here.
+    chart = tmp_path / "stub"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: stub\nversion: 0.0.1\n")
+    helm = [str(third_party_binary("helm")), f"--kubeconfig={lab.paths.kubeconfig}", "-n", "kube-system"]
+    sets = ["--set", "encryption.enabled=true,encryption.type=ipsec,encryption.ipsec.secretName=other-keys"]
+    installed = subprocess.run([*helm, "install", "cilium", str(chart), *sets], capture_output=True,
+                               text=True, timeout=90, check=False)
+    assert installed.returncode == 0, installed.stderr
+    try:
+        line = error_line(run_cli("encryption", "key", "show", "--lab", lab.name))
+        assert "no secret kube-system/other-keys" in line, line
+    finally:
+        subprocess.run([*helm, "uninstall", "cilium"], capture_output=True, timeout=90, check=True)
+    assert run_cli("encryption", "key", "show", "--lab", lab.name).returncode == 0
+
+
 def test_lab_up_brings_back_a_killed_api_server_and_relay_keeping_the_data(lab: LabInfo) -> None:
     port = apiserver_port(lab.paths)
     killed = [apiserver_pid(lab.paths), relay_pid(lab.paths)]

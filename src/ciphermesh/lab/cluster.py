@@ -24,7 +24,9 @@ from ciphermesh.lab.kube.control_plane import (
     ensure_apiserver,
     etcd_binary,
     kube_store,
+    require_apiserver,
 )
+from ciphermesh.lab.kube.release import release_values
 from ciphermesh.lab.kube.up import kube_up
 from ciphermesh.lab.processes import LAB_MARKER, marked_pids, read_pidfile, start_daemon
 from ciphermesh.lab.recovery import recover_manifest
@@ -94,6 +96,17 @@ def connect(info: LabInfo) -> Store:
     if info.control_plane == KUBERNETES:
         return kube_store(info.paths)
     return open_store(store_endpoint(info.paths), info.name)
+
+
+def running_values(info: LabInfo) -> Values:
+    """The values the lab's agents run with: the lab's own, or on Kubernetes those of the installed chart
+    (it may have been installed after `lab up`, as the seed does)."""
+    if info.control_plane == KUBERNETES:
+        require_apiserver(info.paths)
+        installed = release_values(info.paths)
+        if installed is not None:
+            return installed
+    return info.values()
 
 
 def _daemon_argv(command: str, *args: str) -> list[str]:
