@@ -11,7 +11,8 @@ PACKAGES=(
   etcd-server                     # the lab's control-plane store
   wireguard-go wireguard-tools    # the WireGuard peer we interoperate with
   iperf3 curl nftables iptables   # traffic and checks inside pods and nodes
-  util-linux                      # flock, for the third-party build cache
+  util-linux                      # flock, for the third-party build cache; unshare and setpriv for the lab kubelet
+  xxd jq                          # the seed's key recipe (dd | xxd) and its read-back (jsonpath | jq)
 )
 
 missing=()

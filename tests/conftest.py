@@ -14,7 +14,8 @@ from ciphermesh.lab import netns
 from ciphermesh.lab.processes import pids_in_netns
 from ciphermesh.store.etcd.process import stop_etcd
 from tests.support import names
-from tests.support.etcd import EtcdFixture, TcpProxy
+from tests.support.etcd import EtcdFixture
+from tests.support.proxy import CuttableProxy, unix_upstream
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,12 +64,12 @@ def etcd(tmp_path: Path) -> Iterator[EtcdFixture]:
 
 
 @pytest.fixture
-def proxy_factory() -> Iterator[Callable[[str], TcpProxy]]:
-    """Makes TCP proxies in front of a target; all closed after the test."""
-    proxies: list[TcpProxy] = []
+def proxy_factory() -> Iterator[Callable[[str], CuttableProxy]]:
+    """Makes TCP proxies in front of an etcd `unix://` URL; all closed after the test."""
+    proxies: list[CuttableProxy] = []
 
-    def make(target: str) -> TcpProxy:
-        proxy = TcpProxy(target)
+    def make(target: str) -> CuttableProxy:
+        proxy = CuttableProxy(unix_upstream(target))
         proxies.append(proxy)
         return proxy
 

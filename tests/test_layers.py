@@ -24,6 +24,7 @@ ARROWS: dict[str, tuple[str, ...]] = {
         "",  # __version__
         "bench",
         "lab",
+        "install",
         "operator",
         "agent",
         "datapath",
@@ -35,6 +36,8 @@ ARROWS: dict[str, tuple[str, ...]] = {
         *HELPERS,
     ),
     "demo": ("keys", "esp", *HELPERS),
+    # The chart through helm: the values it is given, the pinned helm binary.
+    "install": ("config", "store.third_party"),
     "bench": ("lab", "config", "keys", "esp", "wireguard", *HELPERS),
     "lab": (
         # The lab asks what agents hold (their status socket) and what the settings ask of a node; it
@@ -43,6 +46,8 @@ ARROWS: dict[str, tuple[str, ...]] = {
         "agent.modes",
         "agent.status_socket",
         "operator",
+        # A Kubernetes lab installs the chart when given encryption values, as the seed does by hand.
+        "install",
         "store",
         "config",
         "keys",

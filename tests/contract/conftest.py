@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.contract.store_harness import BACKENDS, StoreHarness, start_harness
-from tests.support.etcd import TcpProxy
+from tests.support.proxy import CuttableProxy
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, proxy_factory: Callable[[str], TcpProxy]
+    request: pytest.FixtureRequest, tmp_path: Path, proxy_factory: Callable[[str], CuttableProxy]
 ) -> Iterator[StoreHarness]:
     harness = start_harness(request.param, tmp_path, proxy_factory)
     try:

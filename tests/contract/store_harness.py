@@ -19,8 +19,9 @@ from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.kubernetes.client import NOT_FOUND, KubeApiError, KubeClient, KubeConfig
 from ciphermesh.store.kubernetes.objects import CILIUM_NODES, secrets
 from ciphermesh.store.store import Store
-from tests.support.etcd import EtcdFixture, TcpProxy
-from tests.support.kube import KubeCluster, LoopbackProxy
+from tests.support.etcd import EtcdFixture
+from tests.support.kube import KubeCluster
+from tests.support.proxy import CuttableProxy, loopback_upstream
 
 CLUSTER = "cm"
 
@@ -58,7 +59,7 @@ class EtcdHarness:
 
     name = "etcd"
 
-    def __init__(self, state_dir: Path, proxy_factory: Callable[[str], TcpProxy]) -> None:
+    def __init__(self, state_dir: Path, proxy_factory: Callable[[str], CuttableProxy]) -> None:
         self._etcd = EtcdFixture(state_dir)
         self._proxy = proxy_factory(self._etcd.url)
         self._raw = EtcdClient(self._etcd.url)
@@ -106,7 +107,7 @@ class KubernetesHarness:
 
     def __init__(self, state_dir: Path) -> None:
         self._cluster = KubeCluster(state_dir)
-        self._proxy = LoopbackProxy(self._cluster.port)
+        self._proxy = CuttableProxy(loopback_upstream(self._cluster.port))
         self._config = KubeConfig.from_file(self._cluster.kubeconfig)
         self._raw = KubeClient(self._config)
         self._stores: list[Store] = []
@@ -167,7 +168,7 @@ class KubernetesHarness:
 BACKENDS = ("etcd", "kubernetes")
 
 
-def start_harness(name: str, tmp_path: Path, proxy_factory: Callable[[str], TcpProxy]) -> StoreHarness:
+def start_harness(name: str, tmp_path: Path, proxy_factory: Callable[[str], CuttableProxy]) -> StoreHarness:
     if name == "etcd":
         return EtcdHarness(tmp_path / "etcd", proxy_factory)
     if name == "kubernetes":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import signal
@@ -111,6 +112,22 @@ def test_a_stopped_agent_is_unknown_and_its_peer_keeps_its_numbers(lab: LabInfo)
         assert cli_json("status", "--lab", lab.name)["nodes"][1]["encryption"]["mode"] == "unknown"
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_status_wait_returns_once_settled_and_names_a_stopped_agent_at_its_deadline(lab: LabInfo) -> None:
+    code, out, err = _cli("status", "--lab", lab.name, "--wait", "--wait-duration", "60s", "-o", "json")
+    assert code == 0, err
+    assert all(node["agent"] == "ready" for node in json.loads(out)["nodes"])
+    pid = agent_pid(lab, "node-2")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        code, _, err = _cli("status", "--lab", lab.name, "--wait", "--wait-duration", "2s")
+        assert code != 0 and "not ready after 2 s: node-2: agent not answering" in err, err
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: _cli("status", "--lab", lab.name, "--wait", "--wait-duration", "30s")[0] == 0, 60.0,
+               "node-2 answering again")
 
 
 def test_a_killed_operator_is_not_running_at_once(lab: LabInfo) -> None:

@@ -1,14 +1,11 @@
 """A real Kubernetes control plane for one test: the pinned etcd on a unix socket under a 0700 directory,
 the pinned kube-apiserver on 127.0.0.1 with generated certificates and RBAC, the CiliumNode CRD applied
-with the pinned kubectl; and a TCP proxy that can cut clients off. Missing binaries fail the test with
+with the pinned kubectl (tests/support/proxy.py cuts clients off). Missing binaries fail the test with
 the setup step to run, never skip it."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -115,62 +112,3 @@ class KubeCluster:
     def close(self) -> None:
         self.stop()
         stop_etcd(self.state_dir)
-
-
-class LoopbackProxy:
-    """Forwards 127.0.0.1:<port> to a loopback TCP port; `cut` drops every connection, refuses new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target = ("127.0.0.1", target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._open = True
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if not self._open:
-                    client.close()
-                    upstream.close()
-                    continue
-                self._sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self._lock:
-            self._open = False
-            sockets, self._sockets = self._sockets, set()
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def restore(self) -> None:
-        with self._lock:
-            self._open = True
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
+from ciphermesh.agent.key_file import mounted_key_file
 from ciphermesh.agent.keyring import KeyRing
 from ciphermesh.agent.modes import agent_mode, node_encryption, strict_cidr, strict_guard
 from ciphermesh.agent.plan import plan
@@ -23,6 +24,7 @@ from ciphermesh.datapath.desired import DesiredDatapath, Mode
 from ciphermesh.datapath.face import EngineKind, NodeDatapath, PodCIDRConflictError, StrictGuard
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
+from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.model import WG_PUB_KEY_ANNOTATION, Node
 from ciphermesh.store.store import Store
 
@@ -68,7 +70,8 @@ class Agent:
         self.started_at = time.time()
         self.last_apply: float | None = None
         self._registration: NodeRegistration | None = None
-        self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"))
+        self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"),
+                                 mounted_key_file(store, options.values, self.mode))
         key = load_or_create_private_key(options.state_dir) if self.mode == "wireguard" else None
         # Published with the registration, before the engine exists.
         self.public_key = None if key is None else key.public_key().to_base64()
@@ -278,5 +281,7 @@ class Agent:
         self._view.stop()
         self.datapath.close()
         if self._registration is not None:
-            self._registration.close(revoke=True)
+            # On Kubernetes the agent has no delete (least privilege; Cilium's too keeps its CiliumNode): the
+            # Lease lapses within its TTL and peers drop the node then; the operator collects the rest.
+            self._registration.close(revoke=not isinstance(self.store.backend, KubernetesBackend))
         self._status.stop()

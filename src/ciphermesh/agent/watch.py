@@ -1,12 +1,15 @@
-"""Follow the store: a local cache of nodes and the key secret, kept current by watches that reconnect."""
+"""Follow the store: a local cache of nodes and the key secret, kept current by watches that reconnect
+(the key from the mounted file instead, when the agent is given one: see `key_file.mounted_key_file`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
+from ciphermesh.agent.key_file import KeyFileFollower
 from ciphermesh.store.base import StoreEvent
 from ciphermesh.store.model import KeySecret, Node
 from ciphermesh.store.store import Store
@@ -15,6 +18,19 @@ from ciphermesh.store.stream import EventStream
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
+
+
+class _Records(Protocol[T]):
+    """What the view reads of a follower: the records, whether they are synced, what went wrong."""
+
+    records: dict[str, T]
+    synced: threading.Event
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def errors(self) -> list[str]: ...
 
 
 class _Follower(Generic[T]):
@@ -37,6 +53,9 @@ class _Follower(Generic[T]):
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def errors(self) -> list[str]:
+        return [f"store watch: {self.last_error}"] if self.last_error else []
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -68,13 +87,16 @@ class _Follower(Generic[T]):
 
 
 class ClusterView:
-    """Nodes and the key secret as last seen; `changed` is set on every change."""
+    """Nodes and the key secret as last seen; `changed` is set on every change. With `key_file` the
+    key comes from that file (the Secret as the kubelet mounts it), not from the store."""
 
-    def __init__(self, store: Store, secret_name: str) -> None:
+    def __init__(self, store: Store, secret_name: str, key_file: Path | None = None) -> None:
         self.changed = threading.Event()
         self._nodes: _Follower[Node] = _Follower("nodes", store.watch_nodes, self.changed)
-        self._secret: _Follower[KeySecret] = _Follower(
-            "secret", lambda: store.watch_key_secret(name=secret_name), self.changed
+        self._secret: _Records[KeySecret] = (
+            KeyFileFollower(key_file, secret_name, self.changed)
+            if key_file is not None
+            else _Follower("secret", lambda: store.watch_key_secret(name=secret_name), self.changed)
         )
 
     def start(self) -> None:
@@ -99,4 +121,4 @@ class ClusterView:
         return next(iter(self._secret.records.values()), None)
 
     def errors(self) -> list[str]:
-        return [f"store watch: {e}" for e in (self._nodes.last_error, self._secret.last_error) if e]
+        return [*self._nodes.errors(), *self._secret.errors()]

@@ -12,17 +12,17 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
-from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode, engine_kind
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
-from ciphermesh.cli.values import add_values_arguments, values_from_args
+from ciphermesh.cli.values import add_config_dir_argument, add_values_arguments, values_from_args
 from ciphermesh.config import Values
 from ciphermesh.datapath.face import DatapathError
 from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
 from ciphermesh.operator.key_rotation import AutoRotator, run_key_rotation
 from ciphermesh.store.errors import StoreError
-from ciphermesh.store.open import open_store
+from ciphermesh.store.open import ENDPOINTS_HELP, open_store
 from ciphermesh.store.store import Store
 
 DEFAULT_CLUSTER = "default"
@@ -60,6 +60,7 @@ def _agent(args: argparse.Namespace) -> int:
         status_socket=args.status_socket,
         probe_interval=args.probe_interval,
         state_dir=args.state_dir,
+        engine=engine_kind(values),
     )
     with IPRoute() as ipr:
         try:
@@ -116,9 +117,10 @@ def _start_auto_rotation(store: Store, values: Values, stop: threading.Event) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, metavar="ENDPOINT",
-                        help="etcd endpoint: http://HOST:PORT or unix:///path/to/socket")
+                        help=f"the cluster's store: {ENDPOINTS_HELP}")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name (key prefix in the store)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_config_dir_argument(parser)
     add_values_arguments(parser)
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ciphermesh import __version__
-from ciphermesh.cli import bench, connectivity, daemons, encryption, lab, status, values, wireguard
+from ciphermesh.cli import bench, connectivity, daemons, encryption, install, lab, status, values, wireguard
 from ciphermesh.cli.errors import CliError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[Register, ...] = (
     bench.register,
     wireguard.register,
     connectivity.register,
+    install.register,
 )
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ciphermesh.cli.errors import CliError
+from ciphermesh.config import parse_duration
 from ciphermesh.lab.cluster import load_lab
 from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.inspect import cluster_status, encryption_status, security_associations
@@ -39,8 +40,40 @@ def _gather(what: Any, info: LabInfo, *rest: Any) -> Any:
         raise CliError(f"lab {info.name}: {exc}") from None
 
 
+def _settled(status: dict[str, Any]) -> str | None:
+    """None once every agent is ready, all encrypt alike and reach every peer; else what is missing."""
+    nodes = status["nodes"]
+    waiting = [f"{n['name']}: agent {n['agent']}" for n in nodes if n["agent"] != "ready"]
+    if waiting:
+        return "; ".join(waiting)
+    modes = {n["encryption"]["mode"] for n in nodes}
+    if len(modes) > 1:
+        return "nodes disagree on the encryption mode: " + ", ".join(
+            f"{n['name']} {n['encryption']['mode']}" for n in nodes)
+    health = status["clusterHealth"]
+    if health["reachable"] != health["total"]:
+        return f"{health['reachable']}/{health['total']} nodes reach every peer"
+    return None
+
+
+def _wait_settled(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster's status once settled (as `cilium status --wait`), or CliError at the deadline."""
+    deadline = time.monotonic() + args.wait_duration
+    while True:
+        try:
+            status = cluster_status(_lab(args))
+            missing = _settled(status)
+        except (CliError, LabError, StoreError) as exc:
+            status, missing = None, str(exc)
+        if status is not None and missing is None:
+            return status
+        if time.monotonic() > deadline:
+            raise CliError(f"lab {args.lab} not ready after {args.wait_duration:.0f} s: {missing}")
+        time.sleep(1.0)
+
+
 def _status(args: argparse.Namespace) -> int:
-    status = _gather(cluster_status, _lab(args))
+    status = _wait_settled(args) if args.wait else _gather(cluster_status, _lab(args))
     for node in status["nodes"]:
         node.pop("live")
     if args.output == "json":
@@ -169,6 +202,13 @@ def _sa_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _lab_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
 
@@ -177,6 +217,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser("status", help="nodes, agents, operator, encryption and cluster health")
     _lab_option(status)
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.add_argument("--wait", action="store_true",
+                        help="return once every agent is ready, encrypting alike and reaching every peer")
+    status.add_argument("--wait-duration", type=_duration, default=300.0, metavar="DURATION",
+                        help="how long --wait waits (default 5m)")
     status.set_defaults(func=_status)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import yaml
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.config import SETTINGS, Values, ValuesError, load_values
+from ciphermesh.config.agent_config import values_from_config_dir
 
 
 def add_values_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +25,21 @@ def add_values_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_config_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """`--config-dir`, for the daemons: the values of a mounted `cilium-config` ConfigMap."""
+    parser.add_argument(
+        "--config-dir", type=Path, metavar="DIR",
+        help="a directory of Cilium ConfigMap keys, one file each (as the kubelet mounts cilium-config); "
+             "-f and --set apply on top",
+    )
+
+
 def values_from_args(args: argparse.Namespace) -> Values:
+    """The config dir's values if given, then each `-f` file, then each `--set` (later wins)."""
     try:
-        return load_values(files=args.value_files, sets=args.sets)
+        config_dir: Path | None = getattr(args, "config_dir", None)
+        base = None if config_dir is None else values_from_config_dir(config_dir)
+        return load_values(files=args.value_files, sets=args.sets, base=base)
     except ValuesError as exc:
         raise CliError(str(exc)) from None
 

@@ -35,6 +35,9 @@ class Setting:
 # The IPAM pool's two settings, read by name in the agent, the operator and the lab.
 POOL_KEY = "ipam.operator.clusterPoolIPv4PodCIDRList"
 MASK_KEY = "ipam.operator.clusterPoolIPv4MaskSize"
+IMAGE_REPOSITORY = "ghcr.io/ciphermesh/ciphermesh"
+# The package version, repeated because config imports nothing of ours; a test keeps them equal.
+IMAGE_TAG = "0.1.0"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("encryption.enabled", Kind.BOOL, False, "Encrypt traffic between nodes."),
@@ -46,6 +49,14 @@ SETTINGS: tuple[Setting, ...] = (
         Kind.BOOL,
         False,
         "Encrypt node-to-node (host) traffic too; ciphermesh supports it with IPsec and WireGuard.",
+    ),
+    Setting(
+        "encryption.engine",
+        Kind.CHOICE,
+        "auto",
+        "Who encrypts: the kernel (XFRM, WireGuard module), userspace (TUN), or auto (the kernel where it "
+        "has ESP / WireGuard). A ciphermesh addition.",
+        choices=("auto", "kernel", "userspace"),
     ),
     Setting(
         "encryption.strictMode.enabled",
@@ -126,6 +137,17 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("vxlan",),
     ),
     Setting("MTU", Kind.INT, 0, "Device MTU (0: detected from the node's eth0).", minimum=0, maximum=65535),
+    # The chart's own: how the agent and operator run on Kubernetes (not in the cilium-config ConfigMap).
+    Setting("image.repository", Kind.STR, IMAGE_REPOSITORY, "The agent and operator image, without its tag."),
+    Setting("image.tag", Kind.STR, IMAGE_TAG, "The image's tag (default: this release)."),
+    Setting(
+        "image.pullPolicy", Kind.CHOICE, "IfNotPresent", "When the kubelet pulls the image.",
+        choices=("Always", "IfNotPresent", "Never"),
+    ),
+    Setting(
+        "operator.replicas", Kind.INT, 2, "Operator replicas; one leads (a Lease), the rest stand by.",
+        minimum=0,
+    ),
 )
 
 BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}

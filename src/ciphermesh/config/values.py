@@ -42,6 +42,15 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def parse_bool(text: str) -> bool:
+    """`true` or `false` (also capitalised or upper case), or ValueError."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def _convert(setting: Setting, raw: object) -> object:
     """The typed value of `raw` for `setting`, or ValueError saying why not."""
     if setting.kind is Kind.CIDR_LIST:
@@ -53,11 +62,7 @@ def _convert(setting: Setting, raw: object) -> object:
         raise ValueError(f"expected a single {setting.kind.value}, got a {type(raw).__name__}")
     text = raw if isinstance(raw, str) else _yaml_scalar_text(raw)
     if setting.kind is Kind.BOOL:
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ValueError(f"{text!r} is not true or false")
+        return parse_bool(text)
     if setting.kind is Kind.INT:
         try:
             number = int(text, 10)
@@ -260,9 +265,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield path, value
 
 
-def load_values(files: Iterable[str] = (), sets: Iterable[str] = ()) -> Values:
-    """Defaults, then each `-f` file in order, then each `--set` in order (Helm's precedence)."""
-    values = Values()
+def load_values(files: Iterable[str] = (), sets: Iterable[str] = (), base: Values | None = None) -> Values:
+    """`base` (default: the defaults), then each `-f` file in order, then each `--set` in order (Helm's
+    precedence)."""
+    values = Values() if base is None else base
     for path in files:
         values = values.with_file(path)
     for expr in sets:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from ciphermesh.operator.ipam import ClusterPool
+from ciphermesh.operator.node_gc import start_node_gc
 from ciphermesh.store.base import DEFAULT_NODE_TTL, OperatorRegistration, StoreEvent, Versioned
 from ciphermesh.store.errors import StoreError
 from ciphermesh.store.model import Node, OperatorRecord
@@ -148,6 +149,9 @@ def run_operator(store: Store, config: OperatorConfig, stop_event: threading.Eve
     if registration is None:
         return
     controller = IPAMController(store, pool)
+    # On Kubernetes the leader also deletes the CiliumNodes of Nodes that are gone (see node_gc).
+    gc_stop = threading.Event()
+    gc = start_node_gc(store, lambda: registration.leading, config.lease_ttl, gc_stop)
     log.info("operator %s: pool %s, /%d per node", config.operator_id, pool.describe(), pool.mask_size)
     events: EventStream[StoreEvent[Node]] | None = None
     try:
@@ -178,6 +182,9 @@ def run_operator(store: Store, config: OperatorConfig, stop_event: threading.Eve
                 events.close()
                 events, dirty = store.watch_nodes(), True
     finally:
+        gc_stop.set()
+        if gc is not None:
+            gc.join(timeout=5)
         if events is not None:
             events.close()
         registration.close()

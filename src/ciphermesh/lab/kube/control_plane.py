@@ -13,7 +13,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from ciphermesh.lab.info import LabError
+from ciphermesh.lab.info import LabError, kubernetes_store
 from ciphermesh.lab.processes import read_pidfile, start_daemon
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.store.errors import StoreError
@@ -28,8 +28,8 @@ from ciphermesh.store.kubernetes.apiserver import (
     readyz,
     write_kubeconfig,
 )
-from ciphermesh.store.kubernetes.backend import KubernetesBackend
 from ciphermesh.store.kubernetes.client import KubeClient, KubeConfig
+from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 from ciphermesh.store.third_party import third_party_binary
 
@@ -135,9 +135,7 @@ def kube_client(paths: LabPaths, timeout: float = 5.0) -> KubeClient:
 def kube_store(paths: LabPaths) -> Store:
     """The lab's store on its API server, through the admin kubeconfig."""
     require_apiserver(paths)
-    # Until open_store knows `kubernetes:///PATH` (issue 12, the agent's in-cluster mode), the backend is
-    # opened here, the one place the lab does so.
-    return Store(KubernetesBackend.connect(paths.kubeconfig, paths.name))
+    return open_store(kubernetes_store(paths), paths.name)
 
 
 def etcd_binary(control_plane: str) -> str:

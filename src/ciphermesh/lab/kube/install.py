@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ciphermesh.config import Values
+from ciphermesh.install import Helm, InstallError
 from ciphermesh.lab.info import LabError
 
 
-def install_chart(kubeconfig: Path, values_file: Path) -> None:
-    """`helm upgrade --install cilium` of the repository's chart with the lab's values, against `kubeconfig`.
-
-    `ciphermesh.install` (issue 12, the chart) does it; until it is merged into this tree, this says so.
-    """
-    raise LabError(f"installing the chart (values {values_file}, kubeconfig {kubeconfig}) needs "
-                   "`ciphermesh.install`, which this build does not have yet")
+def install_chart(kubeconfig: Path, values: Values) -> None:
+    """`helm upgrade --install cilium` of the repository's chart with the lab's values (`kubeconfig`)."""
+    try:
+        Helm.pinned(kubeconfig).install(values)
+    except InstallError as exc:
+        raise LabError(f"installing ciphermesh: {exc}") from None

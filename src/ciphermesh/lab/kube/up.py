@@ -56,7 +56,7 @@ def kube_up(info: LabInfo, values: Values, progress: Progress, *, installed: boo
     if agent_mode(values) == "ipsec":
         _create_key_secret(info, values, progress)
     progress("installing ciphermesh (the chart) with the lab's values")
-    install_chart(paths.kubeconfig, paths.values)
+    install_chart(paths.kubeconfig, values)
     return restarted, True
 
 

@@ -26,10 +26,12 @@ from typing import Any
 import yaml
 
 from ciphermesh.store.errors import StoreError, StoreUnavailableError
+from ciphermesh.store.kubernetes.token import TOKEN_REREAD_SECONDS, TokenFile
 
 JSONObject = dict[str, Any]
 
 # Status codes the backend tells apart.
+UNAUTHORIZED = 401
 NOT_FOUND = 404
 CONFLICT = 409
 GONE = 410
@@ -52,28 +54,36 @@ class KubeUnavailableError(StoreUnavailableError):
 
 @dataclass(frozen=True)
 class KubeConfig:
-    """Where the API server is and how to authenticate: a client certificate or a bearer token."""
+    """Where the API server is and how to authenticate: a client certificate, a bearer token, or a
+    token file (re-read while the client runs, as a ServiceAccount's projected token rotates)."""
 
     server: str
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     token: str | None = None
+    token_file: str | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> KubeConfig:
         """The current context of a kubeconfig whose credentials are files or a token."""
-        raw = yaml.safe_load(Path(path).read_text())
-        context = next(c["context"] for c in raw["contexts"] if c["name"] == raw["current-context"])
-        cluster = next(c["cluster"] for c in raw["clusters"] if c["name"] == context["cluster"])
-        user = next(u["user"] for u in raw["users"] if u["name"] == context["user"])
-        return cls(
-            server=cluster["server"],
-            ca_file=cluster.get("certificate-authority"),
-            cert_file=user.get("client-certificate"),
-            key_file=user.get("client-key"),
-            token=user.get("token"),
-        )
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+            context = next(c["context"] for c in raw["contexts"] if c["name"] == raw["current-context"])
+            cluster = next(c["cluster"] for c in raw["clusters"] if c["name"] == context["cluster"])
+            user = next(u["user"] for u in raw["users"] if u["name"] == context["user"])
+            return cls(
+                server=cluster["server"],
+                ca_file=cluster.get("certificate-authority"),
+                cert_file=user.get("client-certificate"),
+                key_file=user.get("client-key"),
+                token=user.get("token"),
+                token_file=user.get("tokenFile"),
+            )
+        except OSError as exc:
+            raise StoreError(f"kubeconfig {path}: {exc.strerror or exc}") from None
+        except (yaml.YAMLError, KeyError, TypeError, StopIteration):
+            raise StoreError(f"kubeconfig {path}: no current context with a cluster and a user") from None
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -117,7 +127,9 @@ class WatchHandles:
 class KubeClient:
     """JSON requests to one API server; one connection per thread, re-opened after any failure."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, config: KubeConfig, *, timeout: float = 5.0, token_reread: float = TOKEN_REREAD_SECONDS
+    ) -> None:
         url = urllib.parse.urlsplit(config.server)
         if url.scheme != "https" or url.hostname is None:
             raise StoreError(f"API server {config.server!r} is not https://HOST:PORT")
@@ -127,12 +139,24 @@ class KubeClient:
         self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if config.token is not None:
             self._headers["Authorization"] = f"Bearer {config.token}"
+        self._token_file = (
+            TokenFile(Path(config.token_file), reread=token_reread) if config.token_file is not None else None
+        )
         self.timeout = timeout
         self._local = threading.local()
         self.server = config.server
 
     def _connect(self, timeout: float) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(self._host, self._port, context=self._context, timeout=timeout)
+
+    def _request_headers(self) -> dict[str, str]:
+        if self._token_file is None:
+            return self._headers
+        return {**self._headers, "Authorization": f"Bearer {self._token_file.token()}"}
+
+    def _rotated(self, status: int) -> bool:
+        """After a 401, whether the token file holds another token now (then the request is sent again)."""
+        return status == UNAUTHORIZED and self._token_file is not None and self._token_file.refresh()
 
     def request(
         self,
@@ -149,6 +173,8 @@ class KubeClient:
         deadline = time.monotonic() + self.timeout
         while True:
             status, retry_after, payload = self._send(method, target, data)
+            if self._rotated(status):
+                status, retry_after, payload = self._send(method, target, data)
             if status != TOO_MANY_REQUESTS or time.monotonic() + retry_after > deadline:
                 return _decode(status, payload)
             time.sleep(retry_after)
@@ -161,7 +187,7 @@ class KubeClient:
                 conn = self._connect(self.timeout)
                 self._local.conn = conn
             try:
-                conn.request(method, target, body=data, headers=self._headers)
+                conn.request(method, target, body=data, headers=self._request_headers())
                 response = conn.getresponse()
                 payload = response.read()
                 retry_after = response.getheader("Retry-After") or ""
@@ -193,10 +219,12 @@ class KubeClient:
                 conn.request(
                     "GET",
                     path + "?" + urllib.parse.urlencode({**params, "watch": "true"}),
-                    headers=self._headers,
+                    headers=self._request_headers(),
                 )
                 response = conn.getresponse()
                 if response.status != 200:
+                    # A 401 re-reads the token file, so the caller's next attempt sends the new one.
+                    self._rotated(response.status)
                     _decode(response.status, response.read())
                     return
                 while line := response.readline():

@@ -147,6 +147,7 @@ class KubeNodeRegistration:
         self._path = f"{CILIUM_NODES}/{node.name}"
         self._lease = node_lease_name(node.name)
         self._republished = 0
+        self._owned = False  # whether the CiliumNode names its v1 Node as its owner yet
         self._lock = threading.RLock()
         with self._lock:
             # The Lease first, so the CiliumNode is live the moment it appears; renewed again after, so
@@ -197,16 +198,9 @@ class KubeNodeRegistration:
                 with contextlib.suppress(StoreError):
                     node = replace(node, pod_cidrs=node_of(stored).pod_cidrs)
             body = cilium_node(node, stored)
-            owner = get_or_none(self._api, f"{NODES}/{node.name}")
+            owner = self._owner_reference()
             if owner is not None:
-                # As Cilium's: the CiliumNode goes with its Node (the garbage collector deletes it).
-                reference = {
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "name": node.name,
-                    "uid": owner["metadata"]["uid"],
-                }
-                body["metadata"]["ownerReferences"] = [reference]
+                body["metadata"]["ownerReferences"] = [owner]
             try:
                 if stored is None:
                     self._api.request("POST", CILIUM_NODES, body)
@@ -217,8 +211,33 @@ class KubeNodeRegistration:
                     continue
                 raise
             self._node = node
+            self._owned = owner is not None
             return
         raise ConflictError(f"node {self.name} kept changing while it was being registered")
+
+    def _owner_reference(self) -> JSONObject | None:
+        """A reference to this node's v1 Node, if it exists: as Cilium's, the CiliumNode goes with its
+        Node (the garbage collector, or the operator's where none runs, deletes it)."""
+        owner = get_or_none(self._api, f"{NODES}/{self.name}")
+        if owner is None:
+            return None
+        return {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": owner["metadata"]["uid"]}
+
+    def _own(self) -> None:
+        """Add the owner reference to a CiliumNode written before its Node was registered; the rest of
+        the object (the operator's pod CIDRs and errors) is left as it is."""
+        owner = self._owner_reference()
+        stored = get_or_none(self._api, self._path) if owner is not None else None
+        if stored is None:
+            return
+        stored["metadata"]["ownerReferences"] = [owner]
+        try:
+            self._api.request("PUT", self._path, stored)  # a 409 is retried on the next renewal
+        except KubeApiError as exc:
+            if exc.code != CONFLICT:
+                raise
+            return
+        self._owned = True
 
     def _tick(self) -> None:
         with self._lock:
@@ -228,6 +247,8 @@ class KubeNodeRegistration:
             elif get_or_none(self._api, self._path) is None:
                 self._count_republished()
                 self._publish()
+            elif not self._owned:
+                self._own()
 
     def update(self, mutate: Callable[[Node], Node]) -> Node:
         with self._lock:
