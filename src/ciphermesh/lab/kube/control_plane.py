@@ -53,7 +53,7 @@ def apiserver_url(paths: LabPaths) -> str | None:
     """The URL the lab's admin kubeconfig names (the lab keeps its port), None before the first start."""
     try:
         return KubeConfig.from_file(paths.kubeconfig).server
-    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+    except StoreError:
         return None
 
 
