@@ -11,8 +11,9 @@ from pathlib import Path
 from ciphermesh.bench.lab_scenario import Endpoints, Progress
 from ciphermesh.config.values import load_values
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabError, LabInfo, lab_up
+from ciphermesh.lab.cluster import lab_up
 from ciphermesh.lab.down import lab_down
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.pod_registry import run_pod
 from ciphermesh.lab.processes import pids_in_netns
 from ciphermesh.lab.state import LabPaths

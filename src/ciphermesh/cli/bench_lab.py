@@ -15,7 +15,7 @@ from ciphermesh.bench.lab import DEFAULT_SCENARIOS, SCENARIOS, run_lab_bench, se
 from ciphermesh.bench.lab_measure import BenchError
 from ciphermesh.bench.lab_report import as_json, machine_line, markdown_table, rich_table
 from ciphermesh.cli.errors import CliError
-from ciphermesh.lab.cluster import LabError
+from ciphermesh.lab.info import LabError
 from ciphermesh.lab.netns import NetnsError
 
 _OUTPUTS = ("table", "markdown", "json")

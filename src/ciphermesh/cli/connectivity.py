@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.lab.capture import CaptureError
-from ciphermesh.lab.cluster import LabError, load_lab
+from ciphermesh.lab.cluster import load_lab
 from ciphermesh.lab.connectivity import PROBE_TIMEOUT, ConnectivityResult, run_connectivity_test
+from ciphermesh.lab.info import LabError
 from ciphermesh.lab.state import LabNameError
 from ciphermesh.store.errors import StoreError
 

@@ -8,7 +8,8 @@ import sys
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.keys import KeyLineError, KeyRotationError
-from ciphermesh.lab.cluster import LabError, LabInfo, connect, load_lab
+from ciphermesh.lab.cluster import connect, load_lab, running_values
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.state import LabNameError
 from ciphermesh.operator.key_secret import NoKeySecretError, current_key, rotate_key, set_key
 from ciphermesh.store.errors import StoreError
@@ -19,9 +20,9 @@ DEFAULT_LAB = "cm"
 def _lab(args: argparse.Namespace) -> tuple[LabInfo, str]:
     try:
         info = load_lab(args.lab)
+        return info, running_values(info).text("encryption.ipsec.secretName")
     except (LabError, LabNameError) as exc:
         raise CliError(str(exc)) from None
-    return info, info.values().text("encryption.ipsec.secretName")
 
 
 def _set(args: argparse.Namespace) -> int:

@@ -15,12 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ciphermesh.cli.errors import CliError
+from ciphermesh.cli.lab_kube import register_kube
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabError, encryption_words, lab_up, load_lab
+from ciphermesh.lab.cluster import DEFAULT_CONTROL_PLANE, lab_up, load_lab
 from ciphermesh.lab.down import lab_down
+from ciphermesh.lab.info import CONTROL_PLANES, KUBERNETES, LabError
 from ciphermesh.lab.kubelet.daemon import Kubelet, setup_of
 from ciphermesh.lab.pod_registry import delete_pod_record, list_pod_records, pod_command, run_pod
+from ciphermesh.lab.repair import encryption_words
 from ciphermesh.lab.state import LabNameError
 
 DEFAULT_LAB = "cm"
@@ -37,11 +40,15 @@ def _command(args: argparse.Namespace) -> list[str]:
 def _up(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     try:
-        info = lab_up(args.name, args.nodes, values, _progress)
+        info = lab_up(args.name, args.nodes, values, _progress, control_plane=args.control_plane)
     except (LabError, LabNameError) as exc:
         raise CliError(str(exc)) from None
     words = encryption_words(values)
     mode = words if words == "encryption disabled" else f"encryption {words}"
+    if info.control_plane == KUBERNETES:
+        # As Kind: a cluster with nothing installed unless encryption values asked for the chart.
+        installed = f"ciphermesh installed, {mode}" if words != "encryption disabled" else "nothing installed"
+        mode = f"on Kubernetes, {installed}"
     print(f"lab {info.name} is up: {len(info.nodes)} nodes on {info.subnet}, {mode}")
     return 0
 
@@ -154,12 +161,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                             "wait until every node reaches every other")
     _name(up)
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument("--control-plane", choices=CONTROL_PLANES, default=DEFAULT_CONTROL_PLANE,
+                    help="kubernetes: etcd, kube-apiserver and the lab kubelet, the chart runs the agents "
+                    f"(installed only with encryption values); etcd: the kvstore mode (default "
+                    f"{DEFAULT_CONTROL_PLANE})")
     add_values_arguments(up)
     up.set_defaults(func=_up)
 
     down = lab_sub.add_parser("down", help="remove the lab: processes, namespaces, state")
     _name(down)
     down.set_defaults(func=_down)
+    register_kube(lab_sub, _name)
 
     exec_ = lab_sub.add_parser("exec", help="run a command inside a node, e.g. `lab exec node-1 -- tcpdump`")
     _name(exec_)

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.config import parse_duration
-from ciphermesh.lab.cluster import LabError, LabInfo, load_lab
+from ciphermesh.lab.cluster import load_lab
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.inspect import cluster_status, encryption_status, security_associations
 from ciphermesh.lab.state import LabNameError
 from ciphermesh.store.errors import StoreError

@@ -1,26 +1,36 @@
-"""A whole cluster on this machine: etcd, the topology, the operator and one agent per node; up and down."""
+"""A whole cluster on this machine: its control plane (etcd, or etcd and kube-apiserver), the topology,
+and in the etcd mode the operator and one agent per node (the chart runs them on Kubernetes); lab up."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ciphermesh.agent.modes import UnsupportedModeError, agent_mode, node_encryption
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.status_socket import query_status
-from ciphermesh.config import MASK_KEY, POOL_KEY, Values, load_values
-from ciphermesh.config.schema import BY_PATH
+from ciphermesh.config import MASK_KEY, POOL_KEY, Values
 from ciphermesh.keys import generate_line
 from ciphermesh.lab import netns, topology
-from ciphermesh.lab.names import node_netns
+from ciphermesh.lab.info import CONTROL_PLANES, ETCD, KUBERNETES, LabError, LabInfo, kubernetes_store
+from ciphermesh.lab.kube.control_plane import (
+    apiserver_pid,
+    apiserver_timeout,
+    ensure_apiserver,
+    etcd_binary,
+    kube_store,
+    require_apiserver,
+)
+from ciphermesh.lab.kube.release import release_values
+from ciphermesh.lab.kube.up import kube_up
 from ciphermesh.lab.processes import LAB_MARKER, marked_pids, read_pidfile, start_daemon
 from ciphermesh.lab.recovery import recover_manifest
+from ciphermesh.lab.repair import existing_lab
 from ciphermesh.lab.state import LabPaths, write_private
 from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import Expect
@@ -29,35 +39,11 @@ from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 
 MAX_NODES = 64
+# `lab up`'s control plane when none is asked for; `kubernetes` once the whole flow on it holds.
+DEFAULT_CONTROL_PLANE = ETCD
 READY_TIMEOUT_BASE = 45.0
 READY_TIMEOUT_PER_NODE = 3.0
 Progress = Callable[[str], None]
-
-
-class LabError(RuntimeError):
-    """A lab could not be built, found or removed; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class LabInfo:
-    """What `lab up` recorded about a running lab."""
-
-    name: str
-    nodes: tuple[str, ...]
-    node_ips: dict[str, str]
-    subnet: str
-    store: str
-    paths: LabPaths
-
-    def values(self) -> Values:
-        """The values the lab was started with."""
-        return load_values(files=[str(self.paths.values)])
-
-    def netns_of(self, node: str) -> str:
-        if node not in self.node_ips:
-            known = ", ".join(self.nodes)
-            raise LabError(f"lab {self.name} has no node {node!r} (nodes: {known})")
-        return node_netns(self.name, self.nodes.index(node) + 1)
 
 
 def store_endpoint(paths: LabPaths) -> str:
@@ -81,6 +67,7 @@ def load_lab(name: str) -> LabInfo:
         subnet=manifest["subnet"],
         store=manifest["store"],
         paths=paths,
+        control_plane=manifest.get("controlPlane", ETCD),
     )
 
 
@@ -105,55 +92,25 @@ def _recovered_manifest(paths: LabPaths) -> dict[str, Any]:
 
 
 def connect(info: LabInfo) -> Store:
+    """The lab's store: its etcd, or on Kubernetes its API server (as the admin)."""
+    if info.control_plane == KUBERNETES:
+        return kube_store(info.paths)
     return open_store(store_endpoint(info.paths), info.name)
+
+
+def running_values(info: LabInfo) -> Values:
+    """The values the lab's agents run with: the lab's own, or on Kubernetes those of the installed chart
+    (it may have been installed after `lab up`, as the seed does)."""
+    if info.control_plane == KUBERNETES:
+        require_apiserver(info.paths)
+        installed = release_values(info.paths)
+        if installed is not None:
+            return installed
+    return info.values()
 
 
 def _daemon_argv(command: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "ciphermesh", command, *args]
-
-
-def encryption_words(values: Values) -> str:
-    """`IPsec`, `WireGuard + node encryption + strict mode`, `encryption disabled`: for messages."""
-    try:
-        mode = agent_mode(values)
-    except UnsupportedModeError:
-        return "unsupported encryption settings"
-    if mode == "disabled":
-        return "encryption disabled"
-    words = [{"ipsec": "IPsec", "wireguard": "WireGuard"}[mode]]
-    words += ["node encryption"] if node_encryption(values) else []
-    words += ["strict mode"] if values.flag("encryption.strictMode.enabled") else []
-    return " + ".join(words)
-
-
-def _existing(paths: LabPaths, values: Values, nodes: int) -> dict[str, Any] | None:
-    """The record of the lab already there, if `lab up` with these settings may repair it; None if none is.
-
-    LabError if it runs with other settings, or left too little behind to be brought back.
-    """
-    name = paths.name
-    if not paths.root.exists() and not netns.lab_residue(name) and not marked_pids(paths.marker):
-        return None
-    manifest = paths.read_manifest() or (recover_manifest(paths) if paths.root.is_dir() else None)
-    if manifest is None or not (paths.etcd_dir / "data" / "member").is_dir():
-        found = ", ".join(netns.lab_residue(name).namespaces[:4]) or str(paths.root)
-        raise LabError(f"lab {name} left things behind (a crash?): {found}; run `ciphermesh lab down --name "
-                       f"{name}` first")
-    if paths.values.exists():
-        now = load_values(files=[str(paths.values)])
-        words, asked = encryption_words(now), encryption_words(values)
-        if words != asked:
-            # Nodes switched one by one would disagree meanwhile: isolated, never in clear, but down.
-            raise LabError(f"lab {name} is already up, with {words}; switching a running lab to {asked} is "
-                           f"not supported: run `ciphermesh lab down --name {name}` first, then `lab up` "
-                           "again")
-        changed = [path for path in BY_PATH if now.get(path) != values.get(path)]
-        had = len(manifest["nodes"])
-        if changed or had != nodes:
-            what = ", ".join(changed) if changed else f"--nodes {nodes} where it has {had}"
-            raise LabError(f"lab {name} is already up with other settings ({what}); run `ciphermesh lab down "
-                           f"--name {name}` first, then `lab up` again")
-    return manifest
 
 
 def _check_pool(values: Values) -> None:
@@ -172,34 +129,39 @@ def _underlay_subnet(values: Values) -> IPv4Network:
         raise LabError(str(exc)) from None
 
 
-def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo:
+def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
+           control_plane: str = DEFAULT_CONTROL_PLANE) -> LabInfo:
     """Build the lab, or bring back what is missing of it (same settings, data kept), and wait until every
-    agent is ready and every node reaches every other."""
+    agent is ready and every node reaches every other (on Kubernetes without encryption values: until its
+    Nodes are registered, nothing installed)."""
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
+    if control_plane not in CONTROL_PLANES:
+        raise LabError(f"--control-plane {control_plane}: choose {' or '.join(CONTROL_PLANES)}")
     try:
         mode = agent_mode(values)
     except UnsupportedModeError as exc:
         raise LabError(str(exc)) from None
     _check_pool(values)
     paths = LabPaths.of(name)
-    existing = _existing(paths, values, nodes)
+    existing = existing_lab(paths, values, nodes, control_plane)
     subnet = IPv4Network(existing["subnet"]) if existing else _underlay_subnet(values)
     restarted: list[str] = []
     paths.create()
     write_private(paths.values, yaml.safe_dump(values.as_tree(), sort_keys=False))
+    kubernetes = control_plane == KUBERNETES
     etcd = running_etcd(paths.root)
     if etcd is None:
         progress("starting etcd")
-        etcd = start_etcd(paths.root, env={LAB_MARKER: paths.marker})
+        etcd = start_etcd(paths.root, binary=etcd_binary(control_plane), env={LAB_MARKER: paths.marker})
         restarted.append("etcd")
-    with open_store(etcd.client_url, name) as store:
-        if mode == "ipsec":
-            secret_name = values.text("encryption.ipsec.secretName")
-            if store.get_key_secret(name=secret_name) is None:
-                line = generate_line()
-                store.put_key_secret(line.format(reveal=True), name=secret_name, expect=Expect.ABSENT)
-                progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
+    timeout = READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes
+    if kubernetes:
+        progress("starting kube-apiserver" if apiserver_pid(paths) is None else "checking kube-apiserver")
+        if ensure_apiserver(paths, etcd.client_url, apiserver_timeout(nodes)):
+            restarted.append("kube-apiserver")
+    elif mode == "ipsec":
+        _ensure_etcd_secret(etcd.client_url, name, values, progress)
     plan = topology.plan_topology(name, nodes, subnet)
     progress(f"{'checking' if existing else 'building'} {nodes} node namespaces on {subnet}")
     topology.build(plan)
@@ -208,34 +170,60 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress) -> LabInfo
         nodes=tuple(node.name for node in plan.nodes),
         node_ips={node.name: str(node.ip) for node in plan.nodes},
         subnet=str(subnet),
-        store=etcd.client_url,
+        store=kubernetes_store(paths) if kubernetes else etcd.client_url,
         paths=paths,
+        control_plane=control_plane,
     )
-    created = existing["created"] if existing else time.time()
-    paths.write_manifest({"name": name, "nodes": list(info.nodes), "nodeIPs": info.node_ips,
-                          "subnet": info.subnet, "store": info.store, "created": created})
-    timeout = READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes
+    manifest = {"name": name, "nodes": list(info.nodes), "nodeIPs": info.node_ips, "subnet": info.subnet,
+                "store": info.store, "controlPlane": control_plane,
+                "kubeconfig": str(paths.kubeconfig.absolute()) if kubernetes else None,
+                "created": existing["created"] if existing else time.time()}
+    installed = bool(existing and existing.get("installed"))
+    paths.write_manifest(manifest | {"installed": installed})
+    if kubernetes:
+        started, installed = kube_up(info, values, progress, installed=installed, timeout=timeout)
+        restarted += started
+        paths.write_manifest(manifest | {"installed": installed})
+    else:
+        restarted += _start_daemons(info, timeout, progress)
+    if existing:
+        progress(f"lab {name} was there: restarted {', '.join(restarted)}" if restarted
+                 else f"lab {name} was already up: nothing was missing")
+    if not kubernetes or installed:
+        progress("waiting until every node reaches every other")
+        wait_ready(info, timeout=timeout)
+    return info
+
+
+def _ensure_etcd_secret(url: str, name: str, values: Values, progress: Progress) -> None:
+    """The etcd mode's key Secret, created with a generated key line unless it is there."""
+    with open_store(url, name) as store:
+        secret_name = values.text("encryption.ipsec.secretName")
+        if store.get_key_secret(name=secret_name) is None:
+            line = generate_line()
+            store.put_key_secret(line.format(reveal=True), name=secret_name, expect=Expect.ABSENT)
+            progress(f"created secret kube-system/{secret_name} with key ID {line.key_id}")
+
+
+def _start_daemons(info: LabInfo, timeout: float, progress: Progress) -> list[str]:
+    """The etcd mode's agents and operator, those that do not run; what was started, for the message."""
+    paths = info.paths
     missing = [node for node in info.nodes if agent_pid(info, node) is None]
     if missing:
         progress(f"starting {len(missing)} agents")
     for node in missing:
         start_agent(info, node)
-    restarted += [f"the agent of {node}" for node in missing]
+    restarted = [f"the agent of {node}" for node in missing]
     if read_pidfile(paths.pids / "operator.pid") is None:
         # The operator comes once every node is registered, so its first pass hands out the pool in node
         # order: node-i gets the i-th block every time, and a pool too small refuses the last nodes.
         _wait_registered(info, timeout)
         progress("starting the operator")
-        common = ["--store", info.store, "--cluster", name, "-f", str(paths.values)]
+        common = ["--store", info.store, "--cluster", info.name, "-f", str(paths.values)]
         start_daemon(_daemon_argv("operator", *common), pidfile=paths.pids / "operator.pid",
                      log=paths.logs / "operator.log", marker=paths.marker)
         restarted.append("the operator")
-    if existing:
-        progress(f"lab {name} was there: restarted {', '.join(restarted)}" if restarted
-                 else f"lab {name} was already up: nothing was missing")
-    progress("waiting until every node reaches every other")
-    wait_ready(info, timeout=timeout)
-    return info
+    return restarted
 
 
 def _wait_registered(info: LabInfo, timeout: float) -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ciphermesh.agent.modes import node_encryption
-from ciphermesh.config import load_values
 from ciphermesh.datapath.face import CILIUM_VXLAN
 from ciphermesh.keys import KeyLineError, parse_secret
 from ciphermesh.lab import probes
 from ciphermesh.lab.capture import CaptureStats, underlay_capture
-from ciphermesh.lab.cluster import LabError, LabInfo, agent_status, connect
+from ciphermesh.lab.cluster import agent_status, connect, running_values
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.names import underlay_netns
 from ciphermesh.lab.plaintext_probe import inject_plaintext
 from ciphermesh.lab.pod_registry import delete_pod_record, get_pod, run_pod
@@ -156,7 +156,7 @@ def _node_records(info: LabInfo) -> list[Node]:
 
 def check_plan(info: LabInfo) -> CheckPlan:
     """The mode the lab runs and the expectation its underlay must meet, from its values and store."""
-    values = load_values([str(info.paths.values)])
+    values = running_values(info)
     nodes = _node_records(info)
     networks = (ip_network(cidr) for node in nodes for cidr in node.pod_cidrs)
     cidrs = tuple(network for network in networks if isinstance(network, IPv4Network))

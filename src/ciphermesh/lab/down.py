@@ -6,7 +6,9 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 from ciphermesh.lab import netns, topology
-from ciphermesh.lab.cluster import LabError, Progress
+from ciphermesh.lab.cluster import Progress
+from ciphermesh.lab.info import LabError
+from ciphermesh.lab.kube.up import KUBELET
 from ciphermesh.lab.processes import (
     LAB_MARKER,
     kill_netns_processes,
@@ -20,18 +22,23 @@ from ciphermesh.store.etcd.process import stop_etcd
 
 
 def lab_down(name: str, progress: Progress) -> None:
-    """Remove everything the lab made: processes, namespaces, etcd, state. Idempotent.
+    """Remove everything the lab made: processes (the lab kubelet and its pods, the relay, kube-apiserver,
+    agents, operator), namespaces, etcd, state. Idempotent.
 
     LabError naming what still runs (or is left) if anything of the lab survived.
     """
     paths = LabPaths.of(name)
     pidfiles = sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []
-    # All at once: each daemon takes a moment to shut down cleanly, and they do not wait for each other.
-    with ThreadPoolExecutor(max_workers=max(1, len(pidfiles))) as pool:
-        list(pool.map(stop_daemon, pidfiles))
+    # The lab kubelet first, while the API server it reports to still runs: it stops its pods. Then the
+    # rest all at once: each daemon takes a moment to shut down cleanly, and they do not wait for each other.
+    first = [pidfile for pidfile in pidfiles if pidfile.name == f"{KUBELET}.pid"]
+    for stage in (first, [pidfile for pidfile in pidfiles if pidfile not in first]):
+        with ThreadPoolExecutor(max_workers=max(1, len(stage))) as pool:
+            list(pool.map(stop_daemon, stage))
     for namespace in netns.lab_residue(name).namespaces:
         kill_netns_processes(namespace)
-    # What the pid files no longer name (the state dir lost, a record overwritten): etcd, the operator.
+    # What the pid files no longer name (the state dir lost, a record overwritten): etcd, the operator,
+    # kube-apiserver, the relay, the kubelet's pods.
     strays = marked_pids(paths.marker)
     if strays:
         progress(f"stopping {len(strays)} process(es) found by {LAB_MARKER}={paths.marker}")

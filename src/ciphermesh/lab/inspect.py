@@ -8,8 +8,10 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from ciphermesh.keys import KeyLine, KeyLineError, esp_sa_entry, parse_line
-from ciphermesh.lab.cluster import LabInfo, agent_status, connect
+from ciphermesh.lab.cluster import agent_status, connect
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.processes import pid_alive
+from ciphermesh.store.kubernetes.client import NOT_FOUND, KubeApiError
 from ciphermesh.store.model import Node
 
 UNKNOWN = "unknown"
@@ -18,7 +20,15 @@ UNKNOWN = "unknown"
 def cluster_status(info: LabInfo) -> dict[str, Any]:
     """Every node as the store has it, with its agent's own view (None where the agent is silent)."""
     with connect(info) as store:
-        records = {v.value.name: v.value for v in store.list_nodes()}
+        try:
+            records = {v.value.name: v.value for v in store.list_nodes()}
+        except KubeApiError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            # No CiliumNode resource: the chart (which brings the CRD) is not installed, as after a bare
+            # `lab up --control-plane kubernetes`.
+            raise LabError(f"lab {info.name}: ciphermesh is not installed on its Kubernetes API server (no "
+                           "CiliumNode resource): create the key secret, then `ciphermesh install`") from None
         # A killed operator's record outlives it by its lease's TTL: only one whose process runs counts.
         operators = [op.id for op in store.list_operators() if pid_alive(op.pid)]
     nodes = []

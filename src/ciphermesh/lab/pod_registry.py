@@ -11,7 +11,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from ciphermesh.lab import netns
-from ciphermesh.lab.cluster import LabError, LabInfo, pod_cidr_of
+from ciphermesh.lab.cluster import pod_cidr_of
+from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.names import check_pod_name, pod_netns
 from ciphermesh.lab.pods import PodError, create_pod, delete_pod
 from ciphermesh.lab.processes import read_pidfile, start_daemon, stop_daemon

@@ -38,10 +38,12 @@ def start_daemon(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     marker: str | None = None,
+    umask: int = -1,
 ) -> int:
     """Start `argv` in its own session (inside `netns` if given), output to `log`; return its pid.
 
-    With `marker`, the process carries `CIPHERMESH_LAB=<marker>` in its environment (see `marked_pids`).
+    With `marker`, the process carries `CIPHERMESH_LAB=<marker>` in its environment (see `marked_pids`);
+    `umask` (e.g. 0o077) applies to the files it creates.
     """
     command = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
     if marker is not None:
@@ -57,6 +59,7 @@ def start_daemon(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             close_fds=True,
+            umask=umask,
         )
     write_pidfile(pidfile, process.pid)
     return process.pid

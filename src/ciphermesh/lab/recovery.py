@@ -7,6 +7,7 @@ from ipaddress import IPv4Interface
 from typing import Any
 
 from ciphermesh.lab import netns, topology
+from ciphermesh.lab.info import ETCD, KUBERNETES, kubernetes_store
 from ciphermesh.lab.names import is_lab_netns, node_netns
 from ciphermesh.lab.state import LabPaths
 from ciphermesh.rtnl import ipv4_addresses, require_link
@@ -36,6 +37,11 @@ def recover_manifest(paths: LabPaths) -> dict[str, Any] | None:
     address, prefixlen = addresses[0]
     subnet = IPv4Interface(f"{address}/{prefixlen}").network
     plan = topology.plan_topology(paths.name, count, subnet)
+    # Only `lab up --control-plane kubernetes` writes an admin kubeconfig.
+    kubernetes = paths.kubeconfig.exists()
     return {"name": paths.name, "nodes": [node.name for node in plan.nodes],
             "nodeIPs": {node.name: str(node.ip) for node in plan.nodes}, "subnet": str(subnet),
-            "store": client_endpoint(paths.root), "created": time.time(), "recovered": True}
+            "store": kubernetes_store(paths) if kubernetes else client_endpoint(paths.root),
+            "controlPlane": KUBERNETES if kubernetes else ETCD,
+            "kubeconfig": str(paths.kubeconfig.absolute()) if kubernetes else None,
+            "created": time.time(), "recovered": True}

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ciphermesh.lab.cluster import LabInfo, agent_status, connect
+from ciphermesh.lab.cluster import agent_status, connect
+from ciphermesh.lab.info import LabInfo
 
 MAX_QUERY_THREADS = 16
 

@@ -67,11 +67,34 @@ class LabPaths:
     def pids(self) -> Path:
         return self.root / "pids"
 
+    @property
+    def kube_dir(self) -> Path:
+        """The Kubernetes control plane's files: `pki/` (0700), `admin.kubeconfig` (0600), `bin/`."""
+        return self.root / "kube"
+
+    @property
+    def kube_pki(self) -> Path:
+        return self.kube_dir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.kube_dir / "admin.kubeconfig"
+
+    @property
+    def kube_bin(self) -> Path:
+        """The directory `lab env` puts on PATH: the pinned kubectl and helm, nothing else."""
+        return self.kube_dir / "bin"
+
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
 
+    def node_root(self, node: str) -> Path:
+        """What a hostPath volume `/X` of the node is: `<node_root>/X` (as the lab kubelet mounts it)."""
+        return self.node_dir(node) / "root"
+
     def agent_socket(self, node: str) -> Path:
-        return self.node_dir(node) / "agent.sock"
+        # The chart's agent serves it in the hostPath /var/run/cilium; the etcd mode's agents use the same.
+        return self.node_root(node) / "var" / "run" / "cilium" / "ciphermesh.sock"
 
     def pod_dir(self) -> Path:
         return self.root / "pods"

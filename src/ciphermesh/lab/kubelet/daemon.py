@@ -16,7 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ciphermesh.lab.cluster import LabError, load_lab
+from ciphermesh.lab.cluster import load_lab
+from ciphermesh.lab.info import LabError
 from ciphermesh.lab.kubelet.controller import PodView, plan
 from ciphermesh.lab.kubelet.nodes import NodeRegistry
 from ciphermesh.lab.kubelet.podstate import PodStore

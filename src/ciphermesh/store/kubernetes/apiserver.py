@@ -107,9 +107,7 @@ def spawn_apiserver(
     """Start kube-apiserver and return at once; `wait_ready` waits for it."""
     directory = Path(state_dir).absolute() / "apiserver"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pki = Pki(directory / "pki")
-    if not pki.client_cert(ADMIN).exists():
-        pki = make_pki(pki.root, {ADMIN: ("system:masters",)})
+    pki = ensure_pki(directory / "pki")
     port = port or free_port()
     url = f"https://127.0.0.1:{port}"
     kubeconfig = directory / "admin.kubeconfig"
@@ -125,6 +123,14 @@ def spawn_apiserver(
             umask=0o077,
         )
     return ApiServer(proc, url, kubeconfig, pki, log_file)
+
+
+def ensure_pki(root: Path) -> Pki:
+    """The certificates under `root`, made (with the admin's client cert) if they are not there yet."""
+    pki = Pki(root)
+    if not pki.client_cert(ADMIN).exists():
+        pki = make_pki(root, {ADMIN: ("system:masters",)})
+    return pki
 
 
 def stop_apiserver(server: ApiServer) -> None:
@@ -168,8 +174,9 @@ def admin_ssl_context(pki: Pki) -> ssl.SSLContext:
     return context
 
 
-def _ready(server: ApiServer, context: ssl.SSLContext) -> bool:
-    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+def readyz(url: str, context: ssl.SSLContext) -> bool:
+    """Whether the kube-apiserver at `url` answers /readyz with 200 (within 2 s)."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
     conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=2.0)
     try:
         conn.request("GET", "/readyz")
@@ -188,17 +195,18 @@ def wait_ready(server: ApiServer, timeout: float = DEFAULT_START_TIMEOUT) -> Non
         status = server.proc.poll()
         if status is not None:
             raise ApiServerError(
-                f"kube-apiserver exited with status {status} while starting: {_log_tail(server)}"
+                f"kube-apiserver exited with status {status} while starting: {log_tail(server.log_file)}"
             )
-        if _ready(server, context):
+        if readyz(server.url, context):
             return
         time.sleep(0.2)
     raise ApiServerError(f"kube-apiserver was not ready within {timeout:g} s (see {server.log_file})")
 
 
-def _log_tail(server: ApiServer) -> str:
+def log_tail(log_file: Path) -> str:
+    """The last line of a kube-apiserver log (shortened), for a one-line error."""
     try:
-        lines = server.log_file.read_text(errors="replace").strip().splitlines()
+        lines = log_file.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "no log"
     return lines[-1][-_LOG_TAIL:] if lines else "no log"
