@@ -194,3 +194,20 @@ def test_a_malformed_secret_keeps_every_node_on_key_4_and_says_why(lab: Rotation
     logs = [p for p in lab.info.paths.logs.glob("cilium-*.log") if not p.name.startswith("cilium-operator")]
     assert len(logs) >= NODES and all(f"key file {KEY_FILE}: " in p.read_text() for p in logs), logs
     assert not any("nothex" in p.read_text() for p in lab.info.paths.logs.glob("*.log"))
+
+
+def test_the_seed_wireguard_line_with_node_encryption_passes_the_connectivity_test(lab: RotationLab) -> None:
+    seed(lab.info, "ciphermesh uninstall\n"
+                   "ciphermesh install --set encryption.enabled=true --set encryption.type=wireguard "
+                   "--set encryption.nodeEncryption=true")
+    # The agent has no permission on Secrets: with WireGuard it must not wait for one.
+    waited = run_cli("status", "--lab", lab.name, "--wait", "--wait-duration", "3m", "-o", "json",
+                     timeout=200)
+    assert waited.returncode == 0, waited.stderr
+    nodes = json.loads(waited.stdout)["nodes"]
+    assert {(n["encryption"]["mode"], n["nodeEncryption"]) for n in nodes} == {("wireguard", True)}, nodes
+    annotated = [n["metadata"]["annotations"].get("network.cilium.io/wg-pub-key")
+                 for n in ciliumnodes(lab.info)]
+    assert all(annotated) and len(set(annotated)) == NODES, annotated
+    tested = run_cli("connectivity", "test", "--lab", lab.name, timeout=300)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -71,7 +71,8 @@ class Agent:
         self.last_apply: float | None = None
         self._registration: NodeRegistration | None = None
         self._view = ClusterView(store, options.values.text("encryption.ipsec.secretName"),
-                                 mounted_key_file(store, options.values, self.mode))
+                                 mounted_key_file(store, options.values, self.mode),
+                                 ipsec=self.mode == "ipsec")
         key = load_or_create_private_key(options.state_dir) if self.mode == "wireguard" else None
         # Published with the registration, before the engine exists.
         self.public_key = None if key is None else key.public_key().to_base64()

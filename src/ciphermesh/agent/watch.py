@@ -33,6 +33,24 @@ class _Records(Protocol[T]):
     def errors(self) -> list[str]: ...
 
 
+class _Nothing(Generic[T]):
+    """No records to follow (a WireGuard or unencrypted node needs no IPsec key): synced from the start."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, T] = {}
+        self.synced = threading.Event()
+        self.synced.set()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def errors(self) -> list[str]:
+        return []
+
+
 class _Follower(Generic[T]):
     """Runs one watch in a thread, re-opening it after any error, and folds its events into a dict."""
 
@@ -88,16 +106,21 @@ class _Follower(Generic[T]):
 
 class ClusterView:
     """Nodes and the key secret as last seen; `changed` is set on every change. With `key_file` the
-    key comes from that file (the Secret as the kubelet mounts it), not from the store."""
+    key comes from that file (the Secret as the kubelet mounts it), not from the store; without `ipsec`
+    no key is followed (on Kubernetes the agent may not read Secrets at all)."""
 
-    def __init__(self, store: Store, secret_name: str, key_file: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, secret_name: str, key_file: Path | None = None, *, ipsec: bool = True
+    ) -> None:
         self.changed = threading.Event()
         self._nodes: _Follower[Node] = _Follower("nodes", store.watch_nodes, self.changed)
-        self._secret: _Records[KeySecret] = (
-            KeyFileFollower(key_file, secret_name, self.changed)
-            if key_file is not None
-            else _Follower("secret", lambda: store.watch_key_secret(name=secret_name), self.changed)
-        )
+        self._secret: _Records[KeySecret]
+        if not ipsec:
+            self._secret = _Nothing()
+        elif key_file is not None:
+            self._secret = KeyFileFollower(key_file, secret_name, self.changed)
+        else:
+            self._secret = _Follower("secret", lambda: store.watch_key_secret(name=secret_name), self.changed)
 
     def start(self) -> None:
         self._nodes.start()
