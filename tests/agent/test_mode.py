@@ -16,6 +16,7 @@ from ciphermesh.agent.modes import (
 from ciphermesh.cli.main import main
 from ciphermesh.config import Values, load_values
 from ciphermesh.datapath.netlink.strict_guard import render_ruleset
+from tests.support.lab import UP_ETCD
 
 
 def test_modes() -> None:
@@ -29,7 +30,7 @@ def test_modes() -> None:
 
 
 def test_lab_up_refuses_unknown_type_before_building(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["lab", "up", "--name", "cmrefuse", "--set", "encryption.enabled=true,encryption.type=geneve"]
+    argv = [*UP_ETCD, "--name", "cmrefuse", "--set", "encryption.enabled=true,encryption.type=geneve"]
     assert main(argv) != 0
     assert "encryption.type" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1
@@ -62,7 +63,7 @@ def test_strict_mode_without_encryption_is_refused() -> None:
 def test_lab_up_refuses_an_unusable_strict_mode(capsys: pytest.CaptureFixture[str]) -> None:
     pools = "ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.0/16,10.1.0.0/16}"
     strict = "encryption.enabled=true,encryption.strictMode.enabled=true"
-    assert main(["lab", "up", "--name", "cmrefuse", "--set", strict, "--set", pools]) == 1
+    assert main([*UP_ETCD, "--name", "cmrefuse", "--set", strict, "--set", pools]) == 1
     assert "strict mode guards one CIDR" in capsys.readouterr().err
     assert main(["lab", "pod", "list", "--name", "cmrefuse"]) == 1
 

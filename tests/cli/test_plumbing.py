@@ -58,3 +58,9 @@ def test_every_lab_command_takes_lab(capsys: pytest.CaptureFixture[str], argv: t
     assert main([*argv, "--lab", "Bad_Name"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("ciphermesh: ") and "lab name 'Bad_Name': use 1 to 8 lowercase" in line
+
+
+def test_lab_up_defaults_to_the_kubernetes_control_plane(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["lab", "up", "--help"])
+    assert "(default kubernetes)" in " ".join(capsys.readouterr().out.split())

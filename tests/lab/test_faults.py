@@ -395,9 +395,9 @@ def test_bad_input_against_a_running_lab_disturbs_nothing(ready_lab: Lab) -> Non
     assert "already exists" in line
     line = error_line(run_cli("lab", "pod", "run", "Bad_Name", "--name", lab.name, "--node", "node-1"))
     assert "Bad_Name" in line
-    again = run_cli("lab", "up", "--name", lab.name, "--nodes", "3", *IPSEC)
+    again = run_cli("lab", "up", "--control-plane", "etcd", "--name", lab.name, "--nodes", "3", *IPSEC)
     assert again.returncode == 0 and "nothing was missing" in again.stderr, again.stderr
-    line = error_line(run_cli("lab", "up", "--name", lab.name, "--nodes", "3"))
+    line = error_line(run_cli("lab", "up", "--control-plane", "etcd", "--name", lab.name, "--nodes", "3"))
     assert f"ciphermesh lab down --name {lab.name}" in line and "already up" in line, line
     assert {node: agent_pid(lab.info, node) for node in NODES} == pids
     wait_ready(lab.info, 5.0)

@@ -57,7 +57,7 @@ WG_MIN = 32
 def two_nodes(request: pytest.FixtureRequest) -> Iterator[tuple[LabInfo, PodRecord, PodRecord]]:
     name = unique_lab("lf")
     with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, "--nodes", "2", *request.param)
+        up = run_cli("lab", "up", "--control-plane", "etcd", "--name", name, "--nodes", "2", *request.param)
         assert up.returncode == 0, up.stderr
         info = load_lab(name)
         for pod, node in (("a", "node-1"), ("b", "node-2")):

@@ -22,6 +22,7 @@ from ciphermesh.lab.state import LabPaths, lab_root
 from ciphermesh.store.etcd.process import read_record
 from tests.support.lab import (
     IPSEC,
+    UP_ETCD,
     UnderlayCapture,
     analyse,
     assert_lab_gone,
@@ -71,7 +72,7 @@ def _assert_nothing_built(lab: str) -> None:
 def test_bad_values_are_refused_before_anything_is_built(args: tuple[str, ...], named: str) -> None:
     lab = unique_lab("lf")
     with lab_guard(lab):
-        line = error_line(run_cli("lab", "up", "--name", lab, *args))
+        line = error_line(run_cli(*UP_ETCD, "--name", lab, *args))
         assert named in line
         _assert_nothing_built(lab)
 
@@ -81,16 +82,16 @@ def test_a_bad_values_file_and_a_bad_lab_name_are_refused(tmp_path: Path) -> Non
     values = tmp_path / "values.yaml"
     values.write_text("encryption:\n  enabled: true\n  typ: ipsec\n")
     with lab_guard(lab):
-        assert "encryption.typ" in error_line(run_cli("lab", "up", "--name", lab, "-f", str(values)))
+        assert "encryption.typ" in error_line(run_cli(*UP_ETCD, "--name", lab, "-f", str(values)))
         _assert_nothing_built(lab)
-    assert "'Lab-1'" in error_line(run_cli("lab", "up", "--name", "Lab-1"))
+    assert "'Lab-1'" in error_line(run_cli(*UP_ETCD, "--name", "Lab-1"))
     assert "no lab named" in error_line(run_cli("status", "--lab", lab))
 
 
 def test_a_pool_too_small_names_the_node_and_the_pool() -> None:
     lab = unique_lab("lf")
     with lab_guard(lab):
-        up = run_cli("lab", "up", "--name", lab, "--nodes", "3",
+        up = run_cli(*UP_ETCD, "--name", lab, "--nodes", "3",
                      "--set", f"{POOL}={{10.0.0.0/23}}", "--set", f"{MASK}=24")
         line = error_line(up, alone=False)
         assert "node-3" in line and "10.0.0.0/23" in line and "exhausted" in line, line
@@ -124,7 +125,7 @@ def test_a_crashed_lab_is_brought_back_by_lab_up_and_removed_by_lab_down() -> No
     lab = unique_lab("lf")
     with lab_guard(lab):
         before = host_snapshot()
-        up = run_cli("lab", "up", "--name", lab, "--nodes", "2")
+        up = run_cli(*UP_ETCD, "--name", lab, "--nodes", "2")
         assert up.returncode == 0, up.stderr
         pod = run_cli("lab", "pod", "run", "a", "--name", lab, "--node", "node-1", "--", "sleep", "300")
         assert pod.returncode == 0, pod.stderr
@@ -135,12 +136,12 @@ def test_a_crashed_lab_is_brought_back_by_lab_up_and_removed_by_lab_down() -> No
         assert len(left.namespaces) == 4 and sleeper in left.pids
 
         # Other settings are refused, and touch nothing; the same ones bring back what is missing.
-        line = error_line(run_cli("lab", "up", "--name", lab, "--nodes", "2", *IPSEC))
+        line = error_line(run_cli(*UP_ETCD, "--name", lab, "--nodes", "2", *IPSEC))
         assert f"`ciphermesh lab down --name {lab}`" in line and "already up" in line, line
         assert netns.lab_residue(lab) == left
         assert lab_pids(lab) == {sleeper}
 
-        again = run_cli("lab", "up", "--name", lab, "--nodes", "2")
+        again = run_cli(*UP_ETCD, "--name", lab, "--nodes", "2")
         assert again.returncode == 0, again.stderr
         assert "restarted etcd, the agent of node-1, the agent of node-2, the operator" in again.stderr
         assert all(node["agent"] == "ready" for node in node_entries(lab).values())
@@ -195,7 +196,7 @@ def test_lab_down_of_a_lab_that_never_existed_touches_nothing(
 def test_without_encryption_the_capture_sees_plaintext(tmp_path: Path) -> None:
     lab = unique_lab("lf")
     with lab_guard(lab):
-        up = run_cli("lab", "up", "--name", lab, "--nodes", "2")
+        up = run_cli(*UP_ETCD, "--name", lab, "--nodes", "2")
         assert up.returncode == 0, up.stderr
         assert "encryption disabled" in up.stdout
         info = load_lab(lab)

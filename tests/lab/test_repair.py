@@ -22,6 +22,7 @@ from ciphermesh.store.etcd.process import read_record, running_etcd
 from tests.support.lab import (
     IPSEC,
     READY_TIMEOUT,
+    UP_ETCD,
     error_line,
     lab_guard,
     node_entries,
@@ -44,7 +45,7 @@ UP = ("--nodes", "2", *IPSEC)
 def lab() -> Iterator[LabInfo]:
     name = unique_lab("lf")
     with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, *UP)
+        up = run_cli(*UP_ETCD, "--name", name, *UP)
         assert up.returncode == 0, up.stderr
         yield load_lab(name)
 
@@ -73,7 +74,7 @@ def test_status_finds_the_lab_after_its_record_is_lost(lab: LabInfo) -> None:
     line = error_line(run_cli("status", "--lab", lab.name))
     assert str(lab.paths.manifest) in line and str(lab.paths.values) in line, line
     assert f"ciphermesh lab up --name {lab.name} --nodes 2" in line, line
-    up = run_cli("lab", "up", "--name", lab.name, *UP)
+    up = run_cli(*UP_ETCD, "--name", lab.name, *UP)
     assert up.returncode == 0, up.stderr
     assert "nothing was missing" in up.stderr, up.stderr
     assert lab.paths.values.read_text() == values
@@ -91,17 +92,17 @@ def test_lab_up_brings_back_a_dead_etcd_operator_and_agent_keeping_the_key(lab: 
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(pid) for pid in (etcd.pid, operator, lost)), 5.0, "all three dead")
 
-    line = error_line(run_cli("lab", "up", "--name", lab.name, "--nodes", "3", *IPSEC))
+    line = error_line(run_cli(*UP_ETCD, "--name", lab.name, "--nodes", "3", *IPSEC))
     assert "other settings" in line and "--nodes 3" in line, line
     assert running_etcd(lab.paths.root) is None
 
-    up = run_cli("lab", "up", "--name", lab.name, *UP)
+    up = run_cli(*UP_ETCD, "--name", lab.name, *UP)
     assert up.returncode == 0, up.stderr
     assert "restarted etcd, the agent of node-2, the operator" in up.stderr, up.stderr
     assert agent_pid(lab, "node-1") == kept
     wait_ready(lab, READY_TIMEOUT)
     assert _key(lab) == key
-    again = run_cli("lab", "up", "--name", lab.name, *UP)
+    again = run_cli(*UP_ETCD, "--name", lab.name, *UP)
     assert again.returncode == 0 and "nothing was missing" in again.stderr, again.stderr
 
 
@@ -114,7 +115,7 @@ def test_lab_down_without_its_state_dir_stops_everything(lab: LabInfo) -> None:
     shutil.rmtree(lab.paths.root)
 
     assert "state directory" in error_line(run_cli("status", "--lab", lab.name))
-    assert "left things behind" in error_line(run_cli("lab", "up", "--name", lab.name, *UP))
+    assert "left things behind" in error_line(run_cli(*UP_ETCD, "--name", lab.name, *UP))
     down = run_cli("lab", "down", "--name", lab.name)
     assert down.returncode == 0 and down.stdout == f"lab {lab.name} is down\n", down.stderr
     assert not [pid for pid in daemons if pid_alive(pid)]

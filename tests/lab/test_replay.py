@@ -60,7 +60,7 @@ def _replay_drops(engine: dict[str, Any]) -> int:
 def test_an_agent_stopped_past_its_lease_gets_traffic_back_at_once(tmp_path: Path) -> None:
     name = unique_lab("lf")
     with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, "--nodes", "2", *IPSEC)
+        up = run_cli("lab", "up", "--control-plane", "etcd", "--name", name, "--nodes", "2", *IPSEC)
         assert up.returncode == 0, up.stderr
         info = load_lab(name)
         for pod, node in (("a", "node-1"), ("b", "node-2")):

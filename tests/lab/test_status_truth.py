@@ -42,7 +42,7 @@ POOL = IPv4Network("172.18.0.0/16")
 def lab() -> Iterator[LabInfo]:
     name = "qc" + secrets.token_hex(2)
     with lab_guard(name):
-        up = run_cli("lab", "up", "--lab", name, "--nodes", "2", *IPSEC,
+        up = run_cli("lab", "up", "--control-plane", "etcd", "--lab", name, "--nodes", "2", *IPSEC,
                      "--set", f"ipam.operator.clusterPoolIPv4PodCIDRList={{{POOL}}}")
         assert up.returncode == 0, up.stderr
         yield load_lab(name)

@@ -24,6 +24,7 @@ from ciphermesh.lab.processes import stop_daemon
 from ciphermesh.store.base import Expect
 from tests.support.lab import (
     READY_TIMEOUT,
+    UP_ETCD,
     UnderlayCapture,
     analyse,
     error_line,
@@ -84,7 +85,7 @@ def test_switching_the_running_lab_is_refused_with_the_way_out(
     strict_lab: tuple[LabInfo, dict[str, PodRecord]],
 ) -> None:
     info, _ = strict_lab
-    switch = run_cli("lab", "up", "--name", info.name, "--nodes", "3", "--set", "encryption.enabled=true",
+    switch = run_cli(*UP_ETCD, "--name", info.name, "--nodes", "3", "--set", "encryption.enabled=true",
                      "--set", "encryption.type=wireguard")
     assert switch.returncode == 1
     assert error_line(switch) == (

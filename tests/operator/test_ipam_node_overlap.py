@@ -16,6 +16,7 @@ from ciphermesh.lab import netns
 from ciphermesh.lab.processes import start_daemon, stop_daemon
 from ciphermesh.lab.state import LAB_ROOT_ENV
 from ciphermesh.store.etcd.process import start_etcd, stop_etcd
+from tests.support.lab import UP_ETCD
 from tests.support.netns import built_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -27,7 +28,7 @@ def test_lab_up_refuses_a_pool_over_every_node_network_at_once(tmp_path: Path) -
     env = {**os.environ, LAB_ROOT_ENV: str(tmp_path)}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "ciphermesh", "lab", "up", "--lab", "qcover", "--nodes", "1",
+        [sys.executable, "-m", "ciphermesh", *UP_ETCD, "--lab", "qcover", "--nodes", "1",
          "--set", f"{POOL}={{172.16.0.0/12}}"],
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )

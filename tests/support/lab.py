@@ -34,6 +34,8 @@ from tests.support.netns import HostSnapshot, host_snapshot
 from tests.support.wait import wait_until
 
 IPSEC = ("--set", "encryption.enabled=true", "--set", "encryption.type=ipsec")
+# `lab up` on etcd (the kvstore mode), for tests that drive the lab's own agents and etcd.
+UP_ETCD = ("lab", "up", "--control-plane", "etcd")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 
 
@@ -276,7 +278,7 @@ class Lab:
 def lab_with_pods(name: str, *sets: str) -> Iterator[tuple[LabInfo, dict[str, PodRecord]]]:
     """A 3-node lab with the given `--set` arguments and pods a, b, c on node-1..3; always torn down."""
     with lab_guard(name):
-        up = run_cli("lab", "up", "--name", name, "--nodes", "3", *sets)
+        up = run_cli(*UP_ETCD, "--name", name, "--nodes", "3", *sets)
         assert up.returncode == 0, up.stderr
         assert up.stdout.startswith(f"lab {name} is up: 3 nodes on "), up.stdout
         info = load_lab(name)

@@ -40,7 +40,8 @@ from ciphermesh.store.store import Store
 
 MAX_NODES = 64
 # `lab up`'s control plane when none is asked for; `kubernetes` once the whole flow on it holds.
-DEFAULT_CONTROL_PLANE = ETCD
+DEFAULT_CONTROL_PLANE = KUBERNETES
+"""`lab up`'s control plane; the Python `lab_up` keeps etcd, for tests and benches that drive agents."""
 READY_TIMEOUT_BASE = 45.0
 READY_TIMEOUT_PER_NODE = 3.0
 Progress = Callable[[str], None]
@@ -130,7 +131,7 @@ def _underlay_subnet(values: Values) -> IPv4Network:
 
 
 def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
-           control_plane: str = DEFAULT_CONTROL_PLANE) -> LabInfo:
+           control_plane: str = ETCD) -> LabInfo:
     """Build the lab, or bring back what is missing of it (same settings, data kept), and wait until every
     agent is ready and every node reaches every other (on Kubernetes without encryption values: until its
     Nodes are registered, nothing installed)."""
