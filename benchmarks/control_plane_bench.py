@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import sys
 from typing import Any
 
@@ -39,6 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab builds network namespaces")
+    # SIGTERM (and SIGINT, which a background job ignores) unwind through the labs' teardown.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     try:
         plan = BenchPlan(control_planes=tuple(args.control_plane.split(",")),
                          node_counts=tuple(int(n) for n in args.nodes.split(",")), rotations=args.rotations,
