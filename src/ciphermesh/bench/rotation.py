@@ -108,7 +108,7 @@ def measure_rotation(
     assert timeline.sending is not None
     # A node publishes only after the store held the line: a secret-watch moment later than the first
     # publication is this process's watch thread scheduled late, not the store.
-    written = min(moments.written, min(moments.published.values()))
+    written = min(moments.written, *moments.published.values())
     run = {
         "keyID": key_id,
         "secretWrittenSeconds": round(written, 3),
