@@ -38,7 +38,8 @@ ARROWS: dict[str, tuple[str, ...]] = {
     "demo": ("keys", "esp", *HELPERS),
     # The chart through helm: the values it is given, the pinned helm binary.
     "install": ("config", "store.third_party"),
-    "bench": ("lab", "config", "keys", "esp", "wireguard", *HELPERS),
+    # The rotation benchmarks time a rotation by the lab store's own watches, and find its etcd's pid.
+    "bench": ("lab", "store", "config", "keys", "esp", "wireguard", *HELPERS),
     "lab": (
         # The lab asks what agents hold (their status socket) and what the settings ask of a node; it
         # does not recompute what they should hold (agent.plan). The engines and their cores (esp,
