@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 
 # netns: bare topologies; lf: CLI labs; ro: rotation; cc/cn/cd: connectivity and decrypt; kl: labs on
-# the Kubernetes control plane and the lab kubelet; ks: the seed on Kubernetes.
-PREFIXES = ("cmt", "lf", "ro", "cc", "cn", "cd", "kl", "ks")
+# the Kubernetes control plane and the lab kubelet; ks: the seed on Kubernetes; kf: faults on Kubernetes.
+PREFIXES = ("cmt", "lf", "ro", "cc", "cn", "cd", "kl", "ks", "kf")
 # Every name handed out, so tests/conftest.py can check each test left none of its namespaces behind.
 ISSUED: list[str] = []
 
