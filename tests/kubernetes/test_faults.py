@@ -184,7 +184,7 @@ def test_a_ciliumnode_deleted_by_hand_comes_back_with_no_stale_state(lab: Rotati
         assert [sa["spi"] for sa in active] == [key_id], active
 
 
-def test_the_operator_leader_killed_the_other_replica_takes_over(lab: RotationLab) -> None:
+def test_the_operator_leader_killed_another_takes_over(lab: RotationLab) -> None:
     info = lab.info
     namespace, name = LEADER_LEASE
     lease = kube_json(info, "lease", "-n", namespace, name)
@@ -200,11 +200,15 @@ def test_the_operator_leader_killed_the_other_replica_takes_over(lab: RotationLa
                               .get("holderIdentity")) not in (None, "", holder) and h, 4.0 * duration + 60,
                      "another operator to lead")
     took = time.monotonic() - killed
-    print(f"leader {holder} killed; {new} leads {took:.1f} s later (lease duration {duration} s); the other "
-          f"replica was {other}")
-    assert new == other, f"{new} took over, not the other replica {other}"
+    who = "the other replica" if new == other else "the killed pod's restarted container"
+    print(f"leader {holder} killed; {new} ({who}) leads {took:.1f} s later (lease duration {duration} s)")
+    # The kubelet restarts the killed container at once, so the other replica and the restarted process
+    # race for the lapsed Lease as client-go's candidates do: either may win, a live pod's operator must.
+    live = {p for f in info.paths.root.glob("kubelet/pods/*/containers/cilium-operator.pid")
+            if (p := read_pidfile(f)) is not None}
+    assert int(new.removeprefix("operator-")) in live, (new, live)
+    assert not pid_alive(pid)
     assert took <= 2 * duration + 5, f"{took:.1f} s to take over with a {duration} s lease"
-    assert pid_alive(int(new.removeprefix("operator-")))
     # IPAM and the garbage collector still work under the new leader: a new node gets a pod CIDR, and its
     # CiliumNode goes once its Node is gone.
     ghost(info, "ghost-c", "192.0.2.12")
