@@ -91,8 +91,11 @@ class _Follower(Generic[T]):
                             target[event.name] = event.value
                         elif event.kind == "delete":
                             target.pop(event.name, None)
-                        if event.kind == "synced":
-                            # A fresh listing replaces the cache whole: records deleted meanwhile go too.
+                        if event.kind == "synced" and syncing:
+                            # A new stream's first listing replaces the cache whole: records deleted
+                            # meanwhile go too. A later `synced` (the store listed again, after 410 Gone
+                            # or a compaction) follows the differences it already sent: the cache is
+                            # current, and `pending` would bring back the first listing's records.
                             target, syncing = pending, False
                             self.synced.set()
                         if not syncing:
