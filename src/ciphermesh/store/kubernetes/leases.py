@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ciphermesh.store.base import StoreEvent
-from ciphermesh.store.errors import ConflictError, StoreError
+from ciphermesh.store.errors import ConflictError, StoreError, StoreUnavailableError
 from ciphermesh.store.kubernetes.client import CONFLICT, NOT_FOUND, JSONObject, KubeApiError, KubeClient
 from ciphermesh.store.kubernetes.objects import (
     CILIUM_NODES,
@@ -52,8 +52,14 @@ def get_or_none(api: KubeClient, path: str) -> JSONObject | None:
 
 
 def delete_quietly(api: KubeClient, path: str) -> None:
-    with contextlib.suppress(KubeApiError):
+    """Delete if possible: a refusal or an unreachable server leaves the object to lapse (closing never
+    fails on it, as an etcd lease that cannot be revoked expires by itself)."""
+    try:
         api.request("DELETE", path)
+    except KubeApiError:
+        pass
+    except StoreUnavailableError as exc:
+        log.warning("%s not deleted (it lapses by itself): %s", path, exc)
 
 
 def renew_lease(
