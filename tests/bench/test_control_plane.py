@@ -57,8 +57,9 @@ def _check_summary(row: dict[str, Any]) -> None:
     assert 1 < row["labUpSeconds"] < RUN_TIMEOUT
     idle = row["idle"]
     assert idle["seconds"] >= 3
-    # An idle agent with its watches open uses some CPU, far less than one core, and tens of MiB.
-    assert 0 < idle["agentCpuSecondsPerMinute"]["median"] <= idle["agentCpuSecondsPerMinute"]["max"] < 60
+    # An idle agent with its watches open uses far less than one core, and tens of MiB. Over a 3 s idle
+    # window its few ms of CPU can round to 0 clock ticks (CI saw it), so only the bounds are checked here.
+    assert 0 <= idle["agentCpuSecondsPerMinute"]["median"] <= idle["agentCpuSecondsPerMinute"]["max"] < 60
     assert 10 < idle["agentRssMiB"]["median"] <= idle["agentRssMiB"]["max"] < 1024
     daemons = idle["daemons"]
     expected = {"etcd", "operator"} | ({"kubeApiserver", "kubelet", "relay"}
