@@ -15,6 +15,7 @@ from ciphermesh.lab.processes import pids_in_netns
 from ciphermesh.store.etcd.process import stop_etcd
 from tests.support import names
 from tests.support.etcd import EtcdFixture
+from tests.support.kube import KubeCluster
 from tests.support.proxy import CuttableProxy, unix_upstream
 
 
@@ -78,3 +79,13 @@ def proxy_factory() -> Iterator[Callable[[str], CuttableProxy]]:
     finally:
         for proxy in proxies:
             proxy.close()
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeCluster]:
+    """The pinned etcd and kube-apiserver for one test, stopped after it."""
+    cluster = KubeCluster(tmp_path / "kube")
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -32,15 +32,6 @@ TTL = 3
 
 
 @pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeCluster]:
-    cluster = KubeCluster(tmp_path / "kube")
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
 def store(kube: KubeCluster) -> Iterator[Store]:
     with Store(KubernetesBackend.connect(kube.kubeconfig, "gc")) as store:
         yield store

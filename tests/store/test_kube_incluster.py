@@ -38,15 +38,6 @@ DEADLINE = 30.0
 
 
 @pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeCluster]:
-    cluster = KubeCluster(tmp_path / "kube")
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
 def admin(kube: KubeCluster) -> Iterator[KubeClient]:
     client = KubeClient(KubeConfig.from_file(kube.kubeconfig))
     yield client
