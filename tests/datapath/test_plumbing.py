@@ -19,7 +19,16 @@ from ciphermesh.datapath.userspace.tun import TunDevice
 from ciphermesh.lab import netns
 from ciphermesh.lab.pods import create_pod
 from ciphermesh.lab.topology import TopologyPlan
-from tests.support.netns import MTUS, TUN, Capture, built_lab, pod_cidr, tx_packets, wire_nodes
+from tests.support.netns import (
+    MTUS,
+    TUN,
+    Capture,
+    built_lab,
+    pod_cidr,
+    tx_packets,
+    wait_operstate_up,
+    wire_nodes,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -114,6 +123,8 @@ def test_everything_else_to_remote_pods_goes_into_the_tun(lab: TopologyPlan) -> 
     before = tx_packets(node1, "cilium_vxlan")
     with netns.entered(node1):
         tun = TunDevice(TUN)
+    # Under CI load linkwatch activated the TUN only after the UDP, ICMP and ESP had gone to its noop qdisc.
+    wait_operstate_up(node1, TUN)
     with (
         tun,
         socket_in(node1, socket.SOCK_DGRAM) as udp,

@@ -22,6 +22,7 @@ from typing import Any
 
 from ciphermesh.cli.main import main
 from ciphermesh.lab import netns
+from ciphermesh.lab.capture import CAPTURE_BUFFER_KIB
 from ciphermesh.lab.cluster import LabInfo, load_lab
 from ciphermesh.lab.down import lab_down
 from ciphermesh.lab.names import is_lab_netns, underlay_netns
@@ -120,7 +121,9 @@ class UnderlayCapture:
         self.dropped: re.Match[bytes] | None = None
         # -Z root: tcpdump would otherwise switch to its own user and could not write into tmp_path.
         # --immediate-mode: else packets still in the kernel's ring block at SIGINT are never written.
-        argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-i", "br0", "-w", str(path)]
+        # -B: the default 2 MiB ring dropped packets under CI load, and a capture that drops proves no absence.
+        argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-B", str(CAPTURE_BUFFER_KIB),
+                "-i", "br0", "-w", str(path)]
         self.process = netns.popen(
             underlay_netns(lab), argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -118,6 +118,14 @@ def ip_json(netns_name: str, *args: str) -> Any:
     return json.loads(out) if out.strip() else []
 
 
+def wait_operstate_up(netns_name: str, ifname: str, timeout: float = 10.0) -> None:
+    """Until the kernel's linkwatch has activated `ifname`: before that its qdisc drops every packet."""
+    deadline = time.monotonic() + timeout
+    while ip_json(netns_name, "link", "show", ifname)[0]["operstate"] != "UP":
+        assert time.monotonic() < deadline, f"{ifname} in {netns_name} did not come up within {timeout} s"
+        time.sleep(0.02)
+
+
 def tx_packets(netns_name: str, ifname: str) -> int:
     with netns.iproute(netns_name) as ipr:
         link = ipr.link("get", ifname=ifname)[0]

@@ -19,7 +19,7 @@ from ciphermesh.lab.names import underlay_netns
 UNDERLAY_BRIDGE = "br0"
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
-CAPTURE_BUFFER_KIB = 16384
+CAPTURE_BUFFER_KIB = 65536
 _COUNT = re.compile(rb"^(\d+) packets? (captured|received by filter|dropped by kernel)", re.MULTILINE)
 
 
@@ -50,7 +50,7 @@ class UnderlayCapture:
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start tcpdump and return once it says it is listening (so no early packet is missed)."""
         # --immediate-mode: without it packets still in the kernel's ring block are lost at SIGINT.
-        # -B: a 16 MiB ring, so a busy 2-core machine drops fewer packets (a drop fails the verdict).
+        # -B: a 64 MiB ring, so a busy 2-core machine drops fewer packets (a drop fails the verdict).
         argv = ["tcpdump", "-n", "-i", UNDERLAY_BRIDGE, "--immediate-mode", "-U", "-Z", "root",
                 "-B", str(CAPTURE_BUFFER_KIB), "-s", "0", "-w", str(self.path)]
         try:
