@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import signal
@@ -40,6 +41,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab builds network namespaces")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
     # SIGTERM (and SIGINT, which a background job ignores) unwind through the labs' teardown.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     try:

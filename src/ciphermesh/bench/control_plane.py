@@ -4,6 +4,7 @@ plane cost while idle with their watches open. One row per control plane and nod
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import sys
@@ -25,6 +26,8 @@ MEDIANS = ("secretWrittenSeconds", "commandSeconds", "publishedAfterWriteSeconds
            "sendingSeconds", "settledSeconds")
 MIB = 1024 * 1024
 Emit = Callable[[dict[str, Any]], None]
+# Progress goes to this logger, so a run that stalls says in which lab and step it was.
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def _write_command(info: LabInfo, secret: str, line: str) -> tuple[list[str], st
         patch = '{"stringData":{"keys":"' + line + '"}}'
         env = {**os.environ, "KUBECONFIG": str(info.paths.kubeconfig)}
         return ([str(info.paths.kube_bin / "kubectl"), "patch", "secret", "-n", "kube-system", secret,
-                 "-p", patch], None, env)
+                 "--request-timeout=60s", "-p", patch], None, env)
     return ([sys.executable, "-m", "ciphermesh", "encryption", "key", "set", "--lab", info.name, "-"],
             line, dict(os.environ))
 
@@ -81,6 +84,7 @@ def _rotate(info: LabInfo, poll: float, grace: float) -> dict[str, Any]:
         raise BenchError(f"lab {info.name}: no secret kube-system/{secret}")
     key_id = next_key_id(parse_secret(stored.value.keys).key_id)
     argv, stdin, env = _write_command(info, secret, generate_line(key_id=key_id).format(reveal=True))
+    _LOG.info("lab %s: rotating to key %d with %s", info.name, key_id, os.path.basename(argv[0]))
     run, _out = measure_rotation(info, secret, key_id, argv, poll=poll, grace=grace, stdin=stdin, env=env)
     return run
 
@@ -123,17 +127,21 @@ def bench_lab(plane: str, nodes: int, name: str, plan: BenchPlan, emit: Emit) ->
     runs = []
     try:
         began = time.monotonic()
-        info = lab_up(name, nodes, values, lambda _m: None, control_plane=plane)
+        _LOG.info("lab %s: up with %d nodes on %s", name, nodes, plane)
+        info = lab_up(name, nodes, values, lambda message: _LOG.info("lab %s: %s", name, message),
+                      control_plane=plane)
         up_seconds = time.monotonic() - began
         for _ in range(plan.rotations):
             run = _rotate(info, plan.poll, plan.grace)
             emit({"controlPlane": plane, "nodes": nodes, **run})
             runs.append(run)
         look = look_seconds(info, runs[-1]["keyID"])
+        _LOG.info("lab %s: %g s idle", name, plan.idle)
         idle = _idle(info, plan.idle)
         load_after = load()
     finally:
-        lab_down(name, lambda _m: None)
+        _LOG.info("lab %s: down", name)
+        lab_down(name, lambda message: _LOG.info("lab %s: %s", name, message))
     return {
         "controlPlane": plane,
         "nodes": nodes,
