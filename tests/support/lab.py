@@ -121,7 +121,7 @@ class UnderlayCapture:
         self.dropped: re.Match[bytes] | None = None
         # -Z root: tcpdump would otherwise switch to its own user and could not write into tmp_path.
         # --immediate-mode: else packets still in the kernel's ring block at SIGINT are never written.
-        # -B: the default 2 MiB ring dropped packets under CI load, and a capture that drops proves no absence.
+        # -B: the default 2 MiB ring dropped packets under CI load; a capture that drops proves no absence.
         argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-B", str(CAPTURE_BUFFER_KIB),
                 "-i", "br0", "-w", str(path)]
         self.process = netns.popen(
