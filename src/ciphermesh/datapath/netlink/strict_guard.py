@@ -7,20 +7,17 @@ say, such a packet is counted and dropped at postrouting on the guarded devices.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
+from ciphermesh.datapath.netlink.nft import nft, nft_json
 from ciphermesh.rtnl.errors import DatapathError
 
 TABLE = "ciphermesh_strict"
 CHAIN = "egress"
 COUNTER = "unencrypted"
-_NFT_TIMEOUT = 10.0
 # Linux allows more in a name, but quotes, backslashes, spaces and a trailing '*' (a wildcard in nft)
 # would change what the rule matches; no device ciphermesh guards needs them.
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -115,48 +112,16 @@ def render_ruleset(guard: StrictGuard) -> str:
     )
 
 
-def _nft_error(stderr: str, returncode: int) -> str:
-    for line in stderr.splitlines():
-        if "Error: " in line:
-            return line.split("Error: ", 1)[1].strip()
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit status {returncode}"
-
-
-def _nft(args: Sequence[str], script: str | None = None) -> str:
-    # A child process starts in the namespace of the thread that forks it: this is the caller's.
-    try:
-        result = subprocess.run(
-            ["nft", *args], input=script, capture_output=True, text=True, timeout=_NFT_TIMEOUT, check=False
-        )
-    except FileNotFoundError as exc:
-        raise DatapathError("nft is not installed: install the Debian package nftables") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise DatapathError(f"nft {' '.join(args)} did not finish within {_NFT_TIMEOUT:g} s") from exc
-    if result.returncode != 0:
-        raise DatapathError(f"nft {' '.join(args)}: {_nft_error(result.stderr, result.returncode)}")
-    return result.stdout
-
-
-def _nft_json(args: Sequence[str]) -> list[dict[str, Any]]:
-    out = _nft(["-j", *args])
-    try:
-        items = json.loads(out)["nftables"] if out.strip() else []
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatapathError(f"nft -j {' '.join(args)}: unreadable JSON output") from exc
-    return [item for item in items if isinstance(item, dict)]
-
-
 def apply_guard(guard: StrictGuard) -> None:
     """Install or replace the guard in the current network namespace."""
     try:
-        _nft(["-f", "-"], render_ruleset(guard))
+        nft(["-f", "-"], render_ruleset(guard))
     except DatapathError as exc:
         raise DatapathError(f"cannot apply the strict-mode guard: {exc}") from exc
 
 
 def _table_present() -> bool:
-    tables = (item["table"] for item in _nft_json(["list", "tables", "ip"]) if "table" in item)
+    tables = (item["table"] for item in nft_json(["list", "tables", "ip"]) if "table" in item)
     return any(table.get("name") == TABLE for table in tables)
 
 
@@ -165,13 +130,13 @@ def remove_guard() -> bool:
     if not _table_present():
         return False
     # Adding first makes the delete succeed even if the table went away since the check.
-    _nft(["-f", "-"], f"add table ip {TABLE}\ndelete table ip {TABLE}\n")
+    nft(["-f", "-"], f"add table ip {TABLE}\ndelete table ip {TABLE}\n")
     return True
 
 
 def read_drops() -> StrictDrops | None:
     """The guard's drop counter in the current namespace, or None without the guard."""
-    for item in _nft_json(["list", "counters", "ip"]):
+    for item in nft_json(["list", "counters", "ip"]):
         counter = item.get("counter")
         if isinstance(counter, dict) and (counter.get("table"), counter.get("name")) == (TABLE, COUNTER):
             return StrictDrops(int(counter["packets"]), int(counter["bytes"]))
