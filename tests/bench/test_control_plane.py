@@ -135,7 +135,9 @@ def test_usage_counts_descendants_but_not_other_groups() -> None:
     sleeper = None
     try:
         deadline = time.monotonic() + 30
-        while not (children := _children_of(shell.pid)) and time.monotonic() < deadline:
+        # Until the child has exec'd sleep: between fork and exec its memory is still changing (CI saw it).
+        while not (children := _children_of(shell.pid)) or _comm(children[0]) != "sleep":
+            assert time.monotonic() < deadline, "sh did not start sleep within 30 s"
             time.sleep(0.05)
         [sleeper] = children
         alone, both = usage([shell.pid], others=frozenset({sleeper})), usage([shell.pid])
@@ -147,6 +149,13 @@ def test_usage_counts_descendants_but_not_other_groups() -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         shell.wait(timeout=30)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _children_of(pid: int) -> list[int]:
