@@ -1,0 +1,250 @@
+"""A NETLINK_XFRM socket in the current network namespace: batched changes with per-request acks, dumps."""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from ciphermesh.datapath.kernel.xfrm.constants import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_XFRM,
+    NLM_F_ACK,
+    NLM_F_DUMP_INTR,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_NETLINK,
+)
+from ciphermesh.datapath.kernel.xfrm.decode import decode, errno_name
+from ciphermesh.datapath.kernel.xfrm.messages import (
+    DoneMessage,
+    ErrorMessage,
+    Message,
+    PolicyMessage,
+    StateMessage,
+)
+from ciphermesh.datapath.kernel.xfrm.model import Policy, State
+from ciphermesh.datapath.kernel.xfrm.requests import Request, dump_policies, dump_states, encode_batch
+
+# SO_RCVBUFFORCE/SO_SNDBUFFORCE (the kernel doubles them): room for every ack of a chunk.
+BUFFER_BYTES = 4 << 20
+# Requests per sendmsg, and bytes: the kernel handles one sendmsg's messages in that call and queues
+# their acks, so a chunk is bounded by what the receive buffer holds.
+CHUNK_REQUESTS = 256
+CHUNK_BYTES = 256 << 10
+# Netlink datagrams from the kernel are at most 32 KiB (dump parts); acks are tiny.
+RECEIVE_BYTES = 64 << 10
+TIMEOUT_S = 10.0
+DUMP_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the kernel said to one request of a batch: errno 0 is success; ENOBUFS: its ack was lost."""
+
+    index: int
+    request: Request
+    errno: int
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0
+
+
+class XfrmRequestError(OSError):
+    """A request the kernel refused: errno, its index in the batch, what it was, and every other failure."""
+
+    def __init__(self, failure: Outcome, failures: Sequence[Outcome] = ()) -> None:
+        reason = f" ({failure.reason})" if failure.reason else ""
+        others = f"; {len(failures) - 1} more requests failed" if len(failures) > 1 else ""
+        text = (
+            f"{failure.request.what} (request {failure.index}): {errno_name(failure.errno)}{reason}{others}"
+        )
+        super().__init__(failure.errno, text)
+        self.index = failure.index
+        self.request = failure.request
+        self.reason = failure.reason
+        self.failures = tuple(failures) or (failure,)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+class XfrmSocket:
+    """Requests to the kernel's XFRM over one netlink socket, opened in the caller's network namespace."""
+
+    def __init__(self, *, chunk_requests: int = CHUNK_REQUESTS, receive_buffer: int = BUFFER_BYTES) -> None:
+        self.chunk_requests = chunk_requests
+        self._receive_buffer = receive_buffer
+        self._seq = secrets.randbelow(1 << 30) + 1
+        self._buffer = bytearray(RECEIVE_BYTES)
+        self._sock = self._open()
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_XFRM)
+        try:
+            # Capped acks do not echo a failed request back (a NEWSA carries its key), extended acks say why.
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, self._receive_buffer)
+            _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, BUFFER_BYTES)
+            sock.settimeout(TIMEOUT_S)
+            sock.bind((0, 0))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> XfrmSocket:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _next_seq(self, count: int) -> int:
+        if self._seq + count >= 1 << 31:
+            self._seq = 1
+        first = self._seq
+        self._seq += count
+        return first
+
+    def _send(self, data: bytes) -> None:
+        sent = self._sock.send(data)
+        if sent != len(data):
+            raise OSError(errno.EIO, f"netlink took {sent} of {len(data)} bytes")
+
+    def _receive(self) -> list[Message]:
+        size = self._sock.recv_into(self._buffer, len(self._buffer), socket.MSG_TRUNC)
+        if size > len(self._buffer):
+            raise OSError(errno.EMSGSIZE, f"a netlink datagram of {size} bytes exceeds {len(self._buffer)}")
+        return decode(memoryview(self._buffer)[:size])
+
+    def _chunks(self, requests: Sequence[Request]) -> list[tuple[int, list[Request]]]:
+        chunks: list[tuple[int, list[Request]]] = []
+        size = 0
+        for index, request in enumerate(requests):
+            length = 16 + len(request.payload) + 3
+            if not chunks or len(chunks[-1][1]) >= self.chunk_requests or size + length > CHUNK_BYTES:
+                chunks.append((index, []))
+                size = 0
+            chunks[-1][1].append(request)
+            size += length
+        return chunks
+
+    def execute(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Send every request (many per sendmsg) and return each one's outcome, in order."""
+        for request in requests:
+            if not request.flags & NLM_F_ACK:
+                raise ValueError(f"{request.what}: a batched request needs NLM_F_ACK")
+        outcomes: list[Outcome] = []
+        for start, chunk in self._chunks(requests):
+            first = self._next_seq(len(chunk))
+            self._send(encode_batch(chunk, first))
+            pending = {first + offset: start + offset for offset in range(len(chunk))}
+            found: dict[int, Outcome] = {}
+            try:
+                while pending:
+                    self._settle(self._receive(), pending, requests, found)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self._settle_overrun(pending, requests, found)
+            outcomes.extend(found[index] for index in sorted(found))
+        return outcomes
+
+    @staticmethod
+    def _settle(
+        messages: list[Message],
+        pending: dict[int, int],
+        requests: Sequence[Request],
+        found: dict[int, Outcome],
+    ) -> None:
+        for message in messages:
+            if isinstance(message, ErrorMessage) and message.request.seq in pending:
+                index = pending.pop(message.request.seq)
+                found[index] = Outcome(index, requests[index], message.errno, message.reason)
+
+    def _settle_overrun(
+        self, pending: dict[int, int], requests: Sequence[Request], found: dict[int, Outcome]
+    ) -> None:
+        """The receive buffer overflowed: read the acks that made it; the rest are lost, outcome unknown."""
+        self._sock.setblocking(False)
+        try:
+            while pending:
+                self._settle(self._receive(), pending, requests, found)
+        except BlockingIOError:
+            pass
+        finally:
+            self._sock.settimeout(TIMEOUT_S)
+        for index in pending.values():
+            found[index] = Outcome(index, requests[index], errno.ENOBUFS, "ack lost: outcome unknown")
+        self.chunk_requests = max(1, self.chunk_requests // 2)
+
+    def apply(self, requests: Sequence[Request]) -> None:
+        """Send every request; if any failed, raise XfrmRequestError for the first, listing all."""
+        failures = [outcome for outcome in self.execute(requests) if not outcome.ok]
+        if failures:
+            raise XfrmRequestError(failures[0], failures)
+
+    def _dump(self, request: Request) -> list[Message]:
+        for _attempt in range(DUMP_ATTEMPTS):
+            seq = self._next_seq(1)
+            self._send(request.encode(seq))
+            parts: list[Message] = []
+            interrupted = False
+            try:
+                while True:
+                    messages = self._receive()
+                    done = self._take(messages, seq, request, parts)
+                    interrupted |= any(m.header.flags & NLM_F_DUMP_INTR for m in messages)
+                    if done:
+                        break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # A half-read dump cannot be resumed on this socket: start over on a fresh one.
+                self._sock.close()
+                self._sock = self._open()
+                continue
+            if not interrupted:
+                return parts
+        raise OSError(errno.EAGAIN, f"{request.what}: interrupted {DUMP_ATTEMPTS} times by changes")
+
+    @staticmethod
+    def _take(messages: list[Message], seq: int, request: Request, parts: list[Message]) -> bool:
+        for message in messages:
+            if message.header.seq != seq:
+                continue
+            if isinstance(message, ErrorMessage):
+                raise XfrmRequestError(Outcome(0, request, message.errno, message.reason))
+            if isinstance(message, DoneMessage):
+                if message.errno:
+                    raise XfrmRequestError(Outcome(0, request, message.errno))
+                return True
+            parts.append(message)
+        return False
+
+    def states(self) -> list[State]:
+        """Every state in this namespace, with its counters."""
+        return [m.state for m in self._dump(dump_states()) if isinstance(m, StateMessage)]
+
+    def policies(self) -> list[Policy]:
+        """Every policy in this namespace."""
+        return [m.policy for m in self._dump(dump_policies()) if isinstance(m, PolicyMessage)]
