@@ -64,8 +64,10 @@ def test_a_kernel_state_dump_decodes_to_cilium_out_state_with_counters() -> None
     assert state == State(
         IPv4Address("10.56.0.17"), IPv4Address("10.56.1.238"), 3, reqid=1,
         aead=Aead("rfc4106(gcm(aes))", SecretBytes(KEY), 128), flags=XFRM_STATE_ESN, replay_window=1024,
-        mark=Mark(0xCB93E00, 0xFFFFFF00), output_mark=Mark(0xE00, 0xFFFFFF00), selector=Selector(),
+        mark=Mark(0xCB93E00, 0xFFFFFF00), output_mark=Mark(0xE00, 0xFFFFFF00),
     )  # fmt: skip
+    # The kernel's match-all selector of the state's family is the same as none: held as None.
+    assert state.selector is None
     assert state.counters == StateCounters(
         bytes=123456, packets=789, add_time=1700000000, use_time=1700000100, replay_window_drops=1, replay=2,
         integrity_failed=4, out_seq=(1 << 32) | 5, in_seq=(2 << 32) | 9,
@@ -151,3 +153,12 @@ def test_a_template_array_of_the_wrong_size_is_refused() -> None:
     struct.pack_into("=I", raw, 0, len(raw))
     with pytest.raises(XfrmDecodeError, match="multiple of 64"):
         decode(bytes(raw))
+
+
+def test_values_that_do_not_fit_are_a_value_error_without_the_key() -> None:
+    aead = Aead("rfc4106(gcm(aes))", SecretBytes(KEY), 128)
+    with pytest.raises(ValueError, match="does not fit") as caught:
+        rq.new_state(State(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), 3, reqid=2**32, aead=aead))
+    assert KEY.hex() not in str(caught.value)
+    with pytest.raises(ValueError, match="does not fit"):
+        rq.new_policy(Policy(Selector(dport=70000), 1))

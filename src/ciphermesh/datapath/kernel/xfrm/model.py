@@ -125,7 +125,8 @@ class State:
     replay_window: int = 0
     mark: Mark | None = None
     output_mark: Mark | None = None
-    # None: no selector (all zero, family AF_UNSPEC); the kernel then keeps one of the state's family.
+    # None: no selector (all zero, family AF_UNSPEC), which the kernel keeps as the match-all selector of
+    # the state's family; so that one is held as None too, and a dumped state equals the one sent.
     selector: Selector | None = None
     counters: StateCounters | None = field(default=None, compare=False)
 
@@ -134,6 +135,9 @@ class State:
             raise ValueError(f"state {self.src} -> {self.dst} mixes IPv4 and IPv6")
         if not 0 <= self.spi <= 0xFFFFFFFF:
             raise ValueError(f"SPI {self.spi} is not 32 bits")
+        any_side = ANY4 if self.dst.version == 4 else ANY6
+        if self.selector == Selector(any_side, any_side):
+            object.__setattr__(self, "selector", None)
 
     @property
     def family(self) -> int:

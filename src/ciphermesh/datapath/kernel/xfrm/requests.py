@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ciphermesh.datapath.kernel.xfrm import attributes as nla
@@ -78,6 +81,15 @@ class Request:
         return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(self.payload), self.type, self.flags, seq, pid) + (
             self.payload
         )
+
+
+@contextmanager
+def _fields_of(what: str) -> Iterator[None]:
+    """A value that does not fit its C field is a ValueError naming the object (never its key)."""
+    try:
+        yield
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"{what}: a value does not fit its field in the kernel's struct ({exc})") from None
 
 
 def encode_batch(requests: list[Request], first_seq: int, pid: int = 0) -> bytes:
@@ -161,15 +173,17 @@ def _label(state: State | StateId) -> str:
 
 def new_state(state: State, *, update: bool = False, flags: int = CHANGE_FLAGS) -> Request:
     """XFRM_MSG_NEWSA (or UPDSA, to change an existing state) with every attribute the state has."""
-    body = _usersa_info(state) + b"".join(_state_attributes(state))
+    with _fields_of(_label(state)):
+        body = _usersa_info(state) + b"".join(_state_attributes(state))
     return Request(XFRM_MSG_UPDSA if update else XFRM_MSG_NEWSA, flags, body, _label(state))
 
 
 def _usersa_id(state: StateId) -> bytes:
-    body = USERSA_ID.pack(pack_address(state.dst), pack_spi(state.spi), state.family, state.proto)
-    body += nla.attribute(XFRMA_SRCADDR, pack_address(state.src))
-    if state.mark is not None:
-        body += nla.attribute(XFRMA_MARK, pack_mark(state.mark))
+    with _fields_of(_label(state)):
+        body = USERSA_ID.pack(pack_address(state.dst), pack_spi(state.spi), state.family, state.proto)
+        body += nla.attribute(XFRMA_SRCADDR, pack_address(state.src))
+        if state.mark is not None:
+            body += nla.attribute(XFRMA_MARK, pack_mark(state.mark))
     return body
 
 
@@ -203,6 +217,12 @@ def _policy_label(policy: Policy | PolicyId) -> str:
 
 def new_policy(policy: Policy, *, update: bool = False, flags: int = CHANGE_FLAGS) -> Request:
     """XFRM_MSG_NEWPOLICY (or UPDPOLICY) with its templates and mark."""
+    with _fields_of(_policy_label(policy)):
+        body = _userpolicy_info(policy)
+    return Request(XFRM_MSG_UPDPOLICY if update else XFRM_MSG_NEWPOLICY, flags, body, _policy_label(policy))
+
+
+def _userpolicy_info(policy: Policy) -> bytes:
     body = pack_selector(policy.selector) + USERPOLICY_INFO_TAIL.pack(
         *NO_LIMITS,
         *(0,) * (LIFETIME_CUR.size // 8),
@@ -217,13 +237,14 @@ def new_policy(policy: Policy, *, update: bool = False, flags: int = CHANGE_FLAG
         body += nla.attribute(XFRMA_TMPL, b"".join(pack_template(t) for t in policy.templates))
     if policy.mark is not None:
         body += nla.attribute(XFRMA_MARK, pack_mark(policy.mark))
-    return Request(XFRM_MSG_UPDPOLICY if update else XFRM_MSG_NEWPOLICY, flags, body, _policy_label(policy))
+    return body
 
 
 def _userpolicy_id(policy: PolicyId) -> bytes:
-    body = pack_selector(policy.selector) + USERPOLICY_ID_TAIL.pack(policy.index, policy.dir)
-    if policy.mark is not None:
-        body += nla.attribute(XFRMA_MARK, pack_mark(policy.mark))
+    with _fields_of(_policy_label(policy)):
+        body = pack_selector(policy.selector) + USERPOLICY_ID_TAIL.pack(policy.index, policy.dir)
+        if policy.mark is not None:
+            body += nla.attribute(XFRMA_MARK, pack_mark(policy.mark))
     return body
 
 
