@@ -20,7 +20,7 @@ from ciphermesh.datapath.kernel.xfrm.constants import (
     XFRM_POLICY_IN,
     XFRM_POLICY_OUT,
 )
-from ciphermesh.datapath.kernel.xfrm.model import Mark, Policy, Selector, Template, prefix
+from ciphermesh.datapath.kernel.xfrm.model import Mark, Policy, Selector, StateId, Template, prefix
 from ciphermesh.datapath.kernel.xfrm.netlink_socket import XfrmRequestError, XfrmSocket
 from ciphermesh.datapath.kernel.xfrm.probe import probe_kernel_esp
 from ciphermesh.lab import netns
@@ -146,3 +146,14 @@ def test_the_probe_agrees_with_ip_xfrm_on_kernel_esp(namespace: str) -> None:
     if not kernel_has_esp:
         assert probe.errno in (errno.ENOSYS, errno.EPROTONOSUPPORT)
         assert "no kernel ESP" in probe.reason and "ENOSYS" in probe.reason
+
+
+def test_get_finds_one_policy_by_selector_or_index(namespace: str) -> None:
+    wanted = cilium_policies(3)
+    with netns.entered(namespace), XfrmSocket() as sock:
+        sock.apply([rq.new_policy(p) for p in wanted])
+        got = sock.policy(wanted[5].id)
+        assert got is not None and replace(got, index=0) == wanted[5]
+        assert sock.policy(replace(wanted[5].id, index=got.index, selector=Selector())) == got
+        assert sock.policy(replace(wanted[5].id, mark=Mark(0xE00, 0xFFFFFF00))) is None
+        assert sock.state(StateId(LOCAL, REMOTE, 3)) is None

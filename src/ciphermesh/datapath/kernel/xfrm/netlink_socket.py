@@ -27,8 +27,15 @@ from ciphermesh.datapath.kernel.xfrm.messages import (
     PolicyMessage,
     StateMessage,
 )
-from ciphermesh.datapath.kernel.xfrm.model import Policy, State
-from ciphermesh.datapath.kernel.xfrm.requests import Request, dump_policies, dump_states, encode_batch
+from ciphermesh.datapath.kernel.xfrm.model import Policy, PolicyId, State, StateId
+from ciphermesh.datapath.kernel.xfrm.requests import (
+    Request,
+    dump_policies,
+    dump_states,
+    encode_batch,
+    get_policy,
+    get_state,
+)
 
 # SO_RCVBUFFORCE/SO_SNDBUFFORCE (the kernel doubles them): room for every ack of a chunk.
 BUFFER_BYTES = 4 << 20
@@ -36,6 +43,8 @@ BUFFER_BYTES = 4 << 20
 # their acks, so a chunk is bounded by what the receive buffer holds.
 CHUNK_REQUESTS = 256
 CHUNK_BYTES = 256 << 10
+# What a get answers when there is no such state or policy.
+NOT_FOUND = frozenset({errno.ENOENT, errno.ESRCH})
 # Netlink datagrams from the kernel are at most 32 KiB (dump parts); acks are tiny.
 RECEIVE_BYTES = 64 << 10
 TIMEOUT_S = 10.0
@@ -248,3 +257,26 @@ class XfrmSocket:
     def policies(self) -> list[Policy]:
         """Every policy in this namespace."""
         return [m.policy for m in self._dump(dump_policies()) if isinstance(m, PolicyMessage)]
+
+    def _get(self, request: Request) -> Message | None:
+        seq = self._next_seq(1)
+        self._send(request.encode(seq))
+        while True:
+            for message in self._receive():
+                if message.header.seq != seq:
+                    continue
+                if isinstance(message, ErrorMessage):
+                    if message.errno in NOT_FOUND:
+                        return None
+                    raise XfrmRequestError(Outcome(0, request, message.errno, message.reason))
+                return message
+
+    def state(self, state: StateId) -> State | None:
+        """The state with this id (with its counters), or None."""
+        message = self._get(get_state(state))
+        return message.state if isinstance(message, StateMessage) else None
+
+    def policy(self, policy: PolicyId) -> Policy | None:
+        """The policy with this selector, direction and mark (or index), or None."""
+        message = self._get(get_policy(policy))
+        return message.policy if isinstance(message, PolicyMessage) else None
