@@ -145,17 +145,15 @@ class XfrmSocket:
             raise OSError(errno.EMSGSIZE, f"a netlink datagram of {size} bytes exceeds {len(self._buffer)}")
         return decode(memoryview(self._buffer)[:size])
 
-    def _chunks(self, requests: Sequence[Request]) -> list[tuple[int, list[Request]]]:
-        chunks: list[tuple[int, list[Request]]] = []
-        size = 0
-        for index, request in enumerate(requests):
-            length = 16 + len(request.payload) + 3
-            if not chunks or len(chunks[-1][1]) >= self.chunk_requests or size + length > CHUNK_BYTES:
-                chunks.append((index, []))
-                size = 0
-            chunks[-1][1].append(request)
-            size += length
-        return chunks
+    def _chunk_end(self, requests: Sequence[Request], start: int) -> int:
+        """Where the chunk from `start` ends: at most chunk_requests requests and CHUNK_BYTES bytes."""
+        end, size = start, 0
+        while end < len(requests) and end - start < self.chunk_requests:
+            size += 16 + len(requests[end].payload) + 3
+            if size > CHUNK_BYTES and end > start:
+                break
+            end += 1
+        return end
 
     def execute(self, requests: Sequence[Request]) -> list[Outcome]:
         """Send every request (many per sendmsg) and return each one's outcome, in order."""
@@ -163,10 +161,12 @@ class XfrmSocket:
             if not request.flags & NLM_F_ACK:
                 raise ValueError(f"{request.what}: a batched request needs NLM_F_ACK")
         outcomes: list[Outcome] = []
-        for start, chunk in self._chunks(requests):
-            first = self._next_seq(len(chunk))
-            self._send(encode_batch(chunk, first))
-            pending = {first + offset: start + offset for offset in range(len(chunk))}
+        start = 0
+        while start < len(requests):
+            end = self._chunk_end(requests, start)
+            first = self._next_seq(end - start)
+            self._send(encode_batch(list(requests[start:end]), first))
+            pending = {first + offset: start + offset for offset in range(end - start)}
             found: dict[int, Outcome] = {}
             try:
                 while pending:
@@ -176,6 +176,7 @@ class XfrmSocket:
                     raise
                 self._settle_overrun(pending, requests, found)
             outcomes.extend(found[index] for index in sorted(found))
+            start = end
         return outcomes
 
     @staticmethod
@@ -193,7 +194,10 @@ class XfrmSocket:
     def _settle_overrun(
         self, pending: dict[int, int], requests: Sequence[Request], found: dict[int, Outcome]
     ) -> None:
-        """The receive buffer overflowed: read the acks that made it; the rest are lost, outcome unknown."""
+        """The receive buffer overflowed: read the acks that made it; the rest are lost, outcome unknown.
+
+        Later chunks are half the size, so one overflow does not repeat for every chunk of the batch.
+        """
         self._sock.setblocking(False)
         try:
             while pending:
