@@ -221,24 +221,23 @@ class XfrmSocket:
             seq = self._next_seq(1)
             self._send(request.encode(seq))
             parts: list[Message] = []
-            interrupted = False
-            try:
-                while True:
+            complete = True
+            while True:
+                try:
                     messages = self._receive()
-                    done = self._take(messages, seq, request, parts)
-                    interrupted |= any(m.header.flags & NLM_F_DUMP_INTR for m in messages)
-                    if done:
-                        break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                # A half-read dump cannot be resumed on this socket: start over on a fresh one.
-                self._sock.close()
-                self._sock = self._open()
-                continue
-            if not interrupted:
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    # Some of the dump was dropped: read on to its end (the socket stays usable), then again.
+                    complete = False
+                    continue
+                # The objects changed while the kernel dumped them: the parts may not add up.
+                complete &= not any(m.header.flags & NLM_F_DUMP_INTR for m in messages)
+                if self._take(messages, seq, request, parts):
+                    break
+            if complete:
                 return parts
-        raise OSError(errno.EAGAIN, f"{request.what}: interrupted {DUMP_ATTEMPTS} times by changes")
+        raise OSError(errno.EAGAIN, f"{request.what}: incomplete {DUMP_ATTEMPTS} times (changes, ENOBUFS)")
 
     @staticmethod
     def _take(messages: list[Message], seq: int, request: Request, parts: list[Message]) -> bool:
