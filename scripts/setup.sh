@@ -13,6 +13,7 @@ PACKAGES=(
   iperf3 curl nftables iptables   # traffic and checks inside pods and nodes
   util-linux                      # flock, for the third-party build cache; unshare and setpriv for the lab kubelet
   xxd jq                          # the seed's key recipe (dd | xxd) and its read-back (jsonpath | jq)
+  strace                          # what `ip xfrm` sends, compared byte for byte with the XFRM encoder
 )
 
 missing=()

@@ -1,1 +1,1 @@
-"""Room for the kernel engine (XFRM over netlink, kernel WireGuard; issue 13): not built yet."""
+"""The kernel engine (issue 13): XFRM over netlink in `xfrm`; the engine and kernel WireGuard are to come."""
