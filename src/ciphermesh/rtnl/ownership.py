@@ -7,6 +7,8 @@ PROTO_VXLAN_PEER = 150
 PROTO_ENGINE = 151
 PROTO_ENDPOINT = 152
 PROTO_OVERLAY = 153
+# The kernel engine's rule `fwmark 0xe00/0xf00 lookup 200` and table 200's routes (Cilium's numbers).
+PROTO_KERNEL_IPSEC = 155
 
 # Table of the /32 routes to peers' router IPs via cilium_vxlan, reached only by the ESP rule (50 as in IP
 # protocol 50); the rule sits before `main` (32766) and after `local` (0).

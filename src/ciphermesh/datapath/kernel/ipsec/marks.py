@@ -7,7 +7,7 @@ held Cilium's states reads as ours and the other way round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ciphermesh.datapath.kernel.xfrm.model import Mark
 
 MARK_MAGIC_DECRYPT = 0x0D00
 MARK_MAGIC_ENCRYPT = 0x0E00
@@ -27,25 +27,9 @@ ROUTE_TABLE = 200
 RULE_PRIORITY = 1
 
 
-@dataclass(frozen=True)
-class Mark:
-    """A value under a mask, as XFRMA_MARK and XFRMA_SET_MARK carry it."""
-
-    value: int
-    mask: int
-
-    def __post_init__(self) -> None:
-        for name, field in (("value", self.value), ("mask", self.mask)):
-            if not 0 <= field <= 0xFFFFFFFF:
-                raise ValueError(f"mark {name} {field:#x} is not a 32-bit value")
-        if self.value & ~self.mask:
-            raise ValueError(f"mark {self.value:#x} has bits outside its mask {self.mask:#x}")
-
-    def matches(self, packet_mark: int) -> bool:
-        return packet_mark & self.mask == self.value
-
-    def __str__(self) -> str:
-        return f"{self.value:#x}/{self.mask:#x}"
+def mark_matches(mark: Mark, packet_mark: int) -> bool:
+    """Whether a packet with `packet_mark` is selected by an object holding `mark`."""
+    return packet_mark & mark.mask == mark.value
 
 
 def _check(node_id: int, spi: int | None = None) -> None:

@@ -1,0 +1,79 @@
+"""From the kernel's objects to the layout: adds before removals, the drop policy first, only ours touched."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+
+from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.kernel.ipsec.layout import DROP_POLICY, plan_layout
+from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
+from ciphermesh.datapath.kernel.ipsec.reconcile import plan_changes
+from ciphermesh.datapath.kernel.xfrm.constants import (
+    XFRM_MSG_DELPOLICY,
+    XFRM_MSG_DELSA,
+    XFRM_MSG_NEWPOLICY,
+    XFRM_MSG_NEWSA,
+    XFRM_MSG_UPDSA,
+    XFRM_POLICY_OUT,
+)
+from ciphermesh.datapath.kernel.xfrm.model import Mark, Policy, Selector, State, StateCounters, prefix
+from ciphermesh.datapath.kernel.xfrm.requests import new_policy
+from ciphermesh.keys import parse_line
+
+LOCAL, B, C = IPv4Address("10.0.1.1"), IPv4Address("10.0.2.1"), IPv4Address("10.0.3.1")
+
+
+def _peer(router: IPv4Address, cidr: str, fill: str = "a") -> IPsecPeer:
+    line = parse_line(f"3+ rfc4106(gcm(aes)) {fill * 40} 128")
+    return IPsecPeer(router, (IPv4Network(cidr),), 3, line, {3: line})
+
+
+def _layout(*peers: IPsecPeer, ids: NodeIDs | None = None):  # type: ignore[no-untyped-def]
+    return plan_layout(IPsecEngineState(LOCAL, peers), ids if ids is not None else NodeIDs())
+
+
+def _as_dumped(state: State) -> State:
+    """What a dump gives back: a zero selector of the state's family and counters."""
+    return replace(state, selector=Selector(), counters=StateCounters(bytes=100, packets=1))
+
+
+def test_from_nothing_the_drop_policy_goes_first_and_nothing_is_removed() -> None:
+    plan = plan_changes(_layout(_peer(B, "10.0.2.0/24")), [], [])
+    types = [request.type for request in plan.adds]
+    assert types == [XFRM_MSG_NEWPOLICY, XFRM_MSG_NEWSA, XFRM_MSG_NEWSA] + [XFRM_MSG_NEWPOLICY] * 3
+    assert plan.adds[0].payload == new_policy(DROP_POLICY).payload
+    assert plan.removes == ()
+
+
+def test_in_step_is_an_empty_plan() -> None:
+    layout = _layout(_peer(B, "10.0.2.0/24"))
+    dumped = [replace(p, index=8 + n) for n, p in enumerate(layout.policies)]
+    plan = plan_changes(layout, [_as_dumped(s) for s in layout.states], dumped)
+    assert not plan and plan.adds == plan.removes == ()
+
+
+def test_an_output_mark_is_updated_and_a_new_key_under_the_same_spi_replaces_the_state() -> None:
+    ids = NodeIDs()
+    layout = _layout(_peer(B, "10.0.2.0/24"), ids=ids)
+    inbound, outbound = layout.states
+    held = [_as_dumped(replace(inbound, output_mark=Mark(0, 0xFFFFFF00))), _as_dumped(outbound)]
+    plan = plan_changes(layout, held, list(layout.policies))
+    assert [r.type for r in plan.adds] == [XFRM_MSG_UPDSA]
+    rebooted = _layout(_peer(B, "10.0.2.0/24", fill="d"), ids=ids)
+    plan = plan_changes(rebooted, [_as_dumped(s) for s in layout.states], list(layout.policies))
+    assert [r.type for r in plan.adds] == [XFRM_MSG_DELSA, XFRM_MSG_NEWSA] * 2
+
+
+def test_stale_objects_of_ours_go_last_and_foreign_ones_stay() -> None:
+    ids = NodeIDs()
+    both = _layout(_peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24"), ids=ids)
+    foreign_policy = Policy(Selector(prefix("192.168.0.0/16"), prefix("192.168.1.0/24")), XFRM_POLICY_OUT)
+    foreign_state = State(IPv4Address("192.168.0.1"), IPv4Address("192.168.1.1"), 0x4242)
+    only_b = _layout(_peer(B, "10.0.2.0/24"), ids=ids)
+    plan = plan_changes(only_b, [*map(_as_dumped, both.states), foreign_state],
+                        [*both.policies, foreign_policy])
+    assert plan.adds == ()
+    assert [r.type for r in plan.removes] == [XFRM_MSG_DELPOLICY, XFRM_MSG_DELSA, XFRM_MSG_DELSA]
+    assert all("10.0.3" in r.what for r in plan.removes)
+    assert DROP_POLICY in only_b.policies
