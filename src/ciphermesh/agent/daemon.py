@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
+from ciphermesh.agent.engine_choice import USERSPACE, EngineChoice
 from ciphermesh.agent.health import HEALTH_PORT, HealthProber, HealthServer
 from ciphermesh.agent.key_file import mounted_key_file
 from ciphermesh.agent.keyring import KeyRing
@@ -21,7 +22,7 @@ from ciphermesh.agent.watch import ClusterView
 from ciphermesh.agent.wireguard_key import load_or_create_private_key
 from ciphermesh.config import Values
 from ciphermesh.datapath.desired import DesiredDatapath, Mode
-from ciphermesh.datapath.face import EngineKind, NodeDatapath, PodCIDRConflictError, StrictGuard
+from ciphermesh.datapath.face import NodeDatapath, PodCIDRConflictError, StrictGuard, kernel_boot_id
 from ciphermesh.store.base import NodeRegistration
 from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
 from ciphermesh.store.kubernetes.backend import KubernetesBackend
@@ -45,7 +46,7 @@ class AgentOptions:
     probe_interval: float = 15.0
     # Where the WireGuard private key lives across restarts (Cilium: /var/run/cilium/state).
     state_dir: Path = DEFAULT_STATE_DIR
-    engine: EngineKind = "userspace"
+    engine: EngineChoice = USERSPACE
 
 
 class Agent:
@@ -55,7 +56,8 @@ class Agent:
         self.options = options
         self.store = store
         self.ipr = ipr
-        self.boot_id = str(uuid.uuid4())
+        # Userspace SAs die with the agent, kernel SAs with the kernel: the boot ID follows their life.
+        self.boot_id = kernel_boot_id() if options.engine.kind == "kernel" else str(uuid.uuid4())
         self.mode: Mode = agent_mode(options.values)
         self.node_encryption = node_encryption(options.values)
         self.strict_cidr = strict_cidr(options.values)
@@ -76,7 +78,8 @@ class Agent:
         key = load_or_create_private_key(options.state_dir) if self.mode == "wireguard" else None
         # Published with the registration, before the engine exists.
         self.public_key = None if key is None else key.public_key().to_base64()
-        self.datapath = NodeDatapath(ipr, node_ip=options.node_ip, mode=self.mode, engine_kind=options.engine,
+        self.datapath = NodeDatapath(ipr, node_ip=options.node_ip, mode=self.mode,
+                                     engine_kind=options.engine.kind,
                                      node_encryption=self.node_encryption, private_key=key)
         self.mtus = self.datapath.mtus
         self._health_server: HealthServer | None = None
@@ -235,6 +238,7 @@ class Agent:
     def _encryption_summary(self) -> dict[str, Any]:
         ipsec = self.mode == "ipsec"
         return {"mode": self.mode, "engine": self.datapath.engine_kind,
+                "engineReason": self.options.engine.reason,
                 "keyID": self.keyring.current_id if ipsec else None,
                 "rotationInProgress": ipsec and self.keyring.rotating,
                 "nodeEncryption": self.node_encryption}

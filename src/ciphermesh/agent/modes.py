@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ciphermesh.config import POOL_KEY, Values
 from ciphermesh.datapath.desired import Mode
-from ciphermesh.datapath.face import CILIUM_VXLAN, UNDERLAY_DEVICE, EngineKind, StrictGuard
+from ciphermesh.datapath.face import CILIUM_VXLAN, UNDERLAY_DEVICE, StrictGuard
 
 
 class UnsupportedModeError(ValueError):
@@ -34,12 +34,6 @@ def agent_mode(values: Values) -> Mode:
         f"encryption.type={kind}: the agent does not run this mode; "
         "refusing to start rather than send pod traffic unencrypted"
     )
-
-
-def engine_kind(values: Values) -> EngineKind:
-    """The engine `encryption.engine` asks for; `auto` is userspace until the kernel engine is built
-    (issue 13 makes it the kernel's where the node has ESP / WireGuard)."""
-    return "kernel" if values.text("encryption.engine") == "kernel" else "userspace"
 
 
 def strict_cidr(values: Values) -> IPv4Network | None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
-from ciphermesh.agent.modes import UnsupportedModeError, agent_mode, engine_kind
+from ciphermesh.agent.engine_choice import EngineUnavailableError, choose_engine
+from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_config_dir_argument, add_values_arguments, values_from_args
@@ -51,6 +52,10 @@ def _connect(args: argparse.Namespace) -> Store:
 def _agent(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     _logging(args.log_level)
+    try:
+        engine = choose_engine(values.text("encryption.engine"), agent_mode(values))
+    except (UnsupportedModeError, EngineUnavailableError) as exc:
+        raise CliError(f"agent: {exc}") from None
     store = _connect(args)
     stop = _stop_on_signals()
     options = AgentOptions(
@@ -60,7 +65,7 @@ def _agent(args: argparse.Namespace) -> int:
         status_socket=args.status_socket,
         probe_interval=args.probe_interval,
         state_dir=args.state_dir,
-        engine=engine_kind(values),
+        engine=engine,
     )
     with IPRoute() as ipr:
         try:

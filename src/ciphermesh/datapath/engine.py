@@ -26,8 +26,9 @@ class Engine(Protocol):
         ...
 
     @property
-    def device(self) -> str:
-        """The device that traffic to encrypted peers is routed into."""
+    def device(self) -> str | None:
+        """The device that traffic to encrypted peers is routed into; None where the engine steers it
+        itself (the kernel's XFRM): the main table then holds only the fail-closed routes."""
         ...
 
     def apply(self, desired: DesiredDatapath) -> None:
@@ -41,5 +42,6 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop the engine and remove its device; traffic to its peers then meets the fail-closed routes."""
+        """Stop the engine. A userspace engine removes its device, so traffic to its peers meets the
+        fail-closed routes; the kernel engine leaves its SAs encrypting, as Cilium's agent does."""
         ...

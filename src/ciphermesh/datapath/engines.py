@@ -1,9 +1,10 @@
-"""`open_engine`: the engine implementation for a kind and a mode (the kernel one is not built yet)."""
+"""`open_engine`: the engine implementation for a kind and a mode (kernel WireGuard is not built yet)."""
 
 from __future__ import annotations
 
 from ciphermesh.datapath.desired import WIREGUARD_PORT
 from ciphermesh.datapath.engine import ENGINE_KINDS, EncryptedMode, Engine, EngineKind, EngineNotBuiltError
+from ciphermesh.datapath.kernel.ipsec.engine import KernelIPsec
 from ciphermesh.datapath.userspace.ipsec.node_engine import UserspaceIPsec
 from ciphermesh.datapath.userspace.wireguard.node_engine import UserspaceWireGuard
 from ciphermesh.wireguard.keys import PrivateKey
@@ -15,10 +16,9 @@ def open_engine(
 ) -> Engine:
     """A started engine of `kind` for `mode`; WireGuard needs the node's `private_key`."""
     if kind == "kernel":
-        raise EngineNotBuiltError(
-            "encryption engine 'kernel' is not built yet (XFRM and kernel WireGuard come with issue 13): "
-            "use 'userspace'"
-        )
+        if mode == "wireguard":
+            raise EngineNotBuiltError("the kernel WireGuard engine is not built yet: use 'userspace'")
+        return KernelIPsec(mtu=mtu)
     if kind != "userspace":
         raise ValueError(f"encryption engine {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
     if mode == "ipsec":

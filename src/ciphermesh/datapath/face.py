@@ -10,6 +10,8 @@ from ciphermesh.datapath.engine import (
     EngineNotBuiltError,
 )
 from ciphermesh.datapath.engines import open_engine
+from ciphermesh.datapath.kernel.ipsec.engine import kernel_boot_id
+from ciphermesh.datapath.kernel.xfrm.probe import EspProbe, probe_kernel_esp
 from ciphermesh.datapath.mtu import ETHERNET_MTU, Mtus, plan_mtus
 from ciphermesh.datapath.netlink.links import CILIUM_VXLAN, UNDERLAY_DEVICE, VXLAN_PORT, router_ip
 from ciphermesh.datapath.netlink.strict_guard import StrictGuard
@@ -27,11 +29,14 @@ __all__ = [
     "Engine",
     "EngineKind",
     "EngineNotBuiltError",
+    "EspProbe",
     "Mtus",
     "NodeDatapath",
     "PodCIDRConflictError",
     "StrictGuard",
+    "kernel_boot_id",
     "open_engine",
     "plan_mtus",
+    "probe_kernel_esp",
     "router_ip",
 ]

@@ -79,28 +79,27 @@ class NodeDatapath:
 
     def _apply(self, desired: DesiredDatapath, previous: DesiredDatapath | None) -> None:
         assert self.router is not None and self.pod_cidr is not None
-        tun = None
-        if desired.mode != "disabled" and self._engine is not None:
+        engine = self._engine if desired.mode != "disabled" else None
+        if engine is not None:
             # Keys and peers first, routes second: a route into the engine never meets a missing SA.
-            self._engine.apply(desired)
-            tun = self._engine.device
+            engine.apply(desired)
         if previous is not None and _routing_of(previous) == _routing_of(desired):
             return
         # Encrypted modes keep VXLAN's peer routes in the ESP table, out of plain traffic's way.
         table = MAIN_TABLE if desired.mode == "disabled" else ESP_TABLE
         reconcile_vxlan_peers(self.ipr, local_router_ip=self.router, peers=desired.vxlan_peers, table=table)
-        if tun is not None:
+        if engine is not None:
             remove_overlay_routing(self.ipr)
             reconcile_engine_routing(
                 self.ipr,
-                tun=tun,
+                tun=engine.device,
                 local_router_ip=self.router,
                 local_pod_cidrs=[self.pod_cidr],
                 remotes=desired.remotes,
                 mtu=self.mtus.pod,
                 blocked=desired.blocked,
             )
-            self._apply_node_routing(tun, desired)
+            self._apply_node_routing(engine.device, desired)
         else:
             remove_node_routing(self.ipr)
             remove_engine_routing(self.ipr)
@@ -122,8 +121,9 @@ class NodeDatapath:
             apply_guard(wanted)
             self._guard = wanted
 
-    def _apply_node_routing(self, tun: str, desired: DesiredDatapath) -> None:
-        if not self.node_encryption:
+    def _apply_node_routing(self, tun: str | None, desired: DesiredDatapath) -> None:
+        # The kernel IPsec engine has no node encryption, as Cilium's IPsec has none.
+        if not self.node_encryption or tun is None:
             remove_node_routing(self.ipr)
             return
         reconcile_node_routing(self.ipr, tun=tun, local_node_ip=self.node_ip,

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from ciphermesh.datapath.desired import RemoteNode
+from ciphermesh.datapath.netlink.links import CILIUM_HOST
 from ciphermesh.datapath.netlink.route_set import OwnedRoute, converge_routes
 from ciphermesh.datapath.netlink.rules import OwnedRule, ensure_rule, remove_rules
 from ciphermesh.rtnl import (
@@ -53,14 +54,18 @@ def _check(local_pod_cidrs: tuple[IPv4Network, ...], remotes: Iterable[RemoteNod
 def reconcile_engine_routing(
     ipr: Any,
     *,
-    tun: str,
+    tun: str | None,
     local_router_ip: IPv4Address,
     local_pod_cidrs: Iterable[IPv4Network],
     remotes: Iterable[RemoteNode],
     mtu: int,
     blocked: Iterable[IPv4Network] = (),
 ) -> Changes:
-    """Make the rule and the main-table routes match; without `tun`, fail closed, then DeviceMissingError.
+    """Make the rule and the main-table routes match; without the `tun` device, fail closed, then
+    DeviceMissingError. `tun=None`: the engine steers by mark (kernel XFRM). A local packet needs a route
+    before nftables can mark it, so remote pod CIDRs go to cilium_host, as in Cilium: a marked packet is
+    rerouted to table 200 and XFRM; an unmarked one reaches cilium_net with a local source, a martian the
+    kernel drops, so it never leaves the node.
 
     `blocked`: remote pod CIDRs the engine cannot carry yet; they get only the `unreachable` route.
     """
@@ -70,17 +75,20 @@ def reconcile_engine_routing(
     _ensure_esp_table_floor(ipr, changes)
     ensure_rule(ipr, ESP_RULE, changes)
     fail_closed = {OwnedRoute(cidr, FAIL_CLOSED_METRIC, RTN_UNREACHABLE) for cidr in (*local, *remote_cidrs)}
-    link = get_link(ipr, tun)
+    device = CILIUM_HOST if tun is None else tun
+    link = get_link(ipr, device)
     if link is None:
-        converge_routes(ipr, fail_closed, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=tun, changes=changes)
-        raise DeviceMissingError(f"TUN device {tun} not found: remote pod CIDRs stay unreachable")
-    ensure_link_up(ipr, link, mtu, changes)
+        converge_routes(ipr, fail_closed, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=device, changes=changes)
+        what = "device" if tun is None else "TUN device"
+        raise DeviceMissingError(f"{what} {device} not found: remote pod CIDRs stay unreachable")
+    if tun is not None:
+        ensure_link_up(ipr, link, mtu, changes)
     via_tun = {
         OwnedRoute(cidr, TUN_METRIC, RTN_UNICAST, link["index"], str(local_router_ip), mtu)
         for cidr in remote_cidrs
     }
     desired = fail_closed | via_tun
-    converge_routes(ipr, desired, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=tun, changes=changes)
+    converge_routes(ipr, desired, table=MAIN_TABLE, proto=PROTO_ENGINE, tun=device, changes=changes)
     return changes
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 
+from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
 from ciphermesh.datapath.netlink.nft import nft, nft_json
 from ciphermesh.rtnl.errors import DatapathError
 
@@ -29,6 +30,7 @@ class Steering:
     local_tunnel_ip: IPv4Address
     out_marks: Mapping[IPv4Network, int] = field(default_factory=dict)
     in_marks: Mapping[IPv4Address, int] = field(default_factory=dict)
+    vxlan_device: str = CILIUM_VXLAN
 
     def __post_init__(self) -> None:
         if not isinstance(self.local_tunnel_ip, IPv4Address):
@@ -66,6 +68,12 @@ def render_ruleset(steering: Steering) -> str:
         "output": ("route hook output priority mangle", [
             f"meta l4proto != esp meta mark set ip daddr map @{OUT_MAP}",
         ]),
+        # ESP leaves with its state's output-mark 0xe00, which the VXLAN device would route its UDP by: XFRM
+        # would then look that up and Cilium's default-drop policy (0xe00/0xf00) block it. Cilium's BPF
+        # redirects past that lookup; here the mark is cleared once the ESP is on its way to cilium_vxlan.
+        "postrouting": ("filter hook postrouting priority mangle", [
+            f'oifname "{steering.vxlan_device}" meta l4proto esp meta mark set 0',
+        ]),
     }
     out_type = "\t\ttype ipv4_addr : mark\n\t\tflags interval\n"
     in_type = "\t\ttype ipv4_addr : mark\n"
@@ -89,18 +97,19 @@ def render_ruleset(steering: Steering) -> str:
     return "".join(script)
 
 
-def apply_steering(steering: Steering) -> None:
-    """Install or replace the steering table in the current network namespace."""
+def apply_steering(steering: Steering, *, netns_fd: int | None = None) -> None:
+    """Install or replace the steering table in the current network namespace (or `netns_fd`'s)."""
     try:
-        nft(["-f", "-"], render_ruleset(steering))
+        nft(["-f", "-"], render_ruleset(steering), netns_fd=netns_fd)
     except DatapathError as exc:
         raise DatapathError(f"cannot apply the XFRM steering marks: {exc}") from exc
 
 
-def remove_steering() -> bool:
-    """Remove the steering table from the current namespace; whether there was one."""
-    tables = (item["table"] for item in nft_json(["list", "tables", "ip"]) if "table" in item)
+def remove_steering(*, netns_fd: int | None = None) -> bool:
+    """Remove the steering table from the current namespace (or `netns_fd`'s); whether there was one."""
+    listed = nft_json(["list", "tables", "ip"], netns_fd=netns_fd)
+    tables = (item["table"] for item in listed if "table" in item)
     if not any(table.get("name") == TABLE for table in tables):
         return False
-    nft(["-f", "-"], f"add table ip {TABLE}\ndelete table ip {TABLE}\n")
+    nft(["-f", "-"], f"add table ip {TABLE}\ndelete table ip {TABLE}\n", netns_fd=netns_fd)
     return True

@@ -1,0 +1,95 @@
+"""The kernel IPsec engine: Cilium's XFRM states and policies over netlink, steering marks by nftables.
+
+The kernel encrypts, so its SAs, their sequence numbers and the steering outlive the agent (as Cilium's
+do), and a restarted agent adopts them: node IDs come back from the marks of the states it finds, and a
+reconcile changes only what differs.
+"""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from ciphermesh.datapath.desired import DesiredDatapath, IPsecEngineState
+from ciphermesh.datapath.engine import EngineKind
+from ciphermesh.datapath.kernel.ipsec.layout import is_ours, plan_layout
+from ciphermesh.datapath.kernel.ipsec.marks import node_id_of
+from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
+from ciphermesh.datapath.kernel.ipsec.reconcile import plan_changes
+from ciphermesh.datapath.kernel.ipsec.routes import reconcile_ipsec_routing
+from ciphermesh.datapath.kernel.ipsec.status import kernel_status, read_xfrm_stat
+from ciphermesh.datapath.kernel.ipsec.steering import apply_steering
+from ciphermesh.datapath.kernel.xfrm.model import State
+from ciphermesh.datapath.kernel.xfrm.netlink_socket import XfrmSocket
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def kernel_boot_id(path: Path = BOOT_ID) -> str:
+    """The kernel's boot ID, which per-tunnel keys carry: kernel SAs live exactly as long as it."""
+    return path.read_text().strip()
+
+
+def restored_node_ids(states: list[State], local: IPv4Address) -> dict[IPv4Address, int]:
+    """Peer tunnel IP -> node ID, from the marks of the kernel's Cilium states."""
+    found: dict[IPv4Address, int] = {}
+    for state in states:
+        node_id = node_id_of(state.mark) if is_ours(state) and state.mark is not None else None
+        peer = state.src if state.dst == local else state.dst
+        if node_id is not None and isinstance(peer, IPv4Address):
+            found.setdefault(peer, node_id)
+    return found
+
+
+class KernelIPsec:
+    """Keeps the kernel's XFRM objects, steering and table 200 at what `apply` was last given."""
+
+    def __init__(self, *, mtu: int) -> None:
+        """Opened in the node's namespace: its sockets, and nft run later from any thread, stay there."""
+        self._mtu = mtu
+        self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._ipr = IPRoute()
+        self._xfrm = XfrmSocket()
+        self._node_ids: NodeIDs | None = None
+        self._applied: IPsecEngineState | None = None
+
+    @property
+    def kind(self) -> EngineKind:
+        return "kernel"
+
+    @property
+    def device(self) -> str | None:
+        return None
+
+    def apply(self, desired: DesiredDatapath) -> None:
+        engine = desired.engine
+        if engine is None:
+            raise ValueError(f"the IPsec engine cannot apply a {desired.mode} datapath (no IPsec state)")
+        states, policies = self._xfrm.states(), self._xfrm.policies()
+        if self._node_ids is None:
+            self._node_ids = NodeIDs(restored_node_ids(states, engine.local_router_ip))
+        layout = plan_layout(engine, self._node_ids)
+        plan = plan_changes(layout, states, policies)
+        self._xfrm.apply(plan.adds)
+        reconcile_ipsec_routing(self._ipr, local_router_ip=engine.local_router_ip,
+                                remote_cidrs=layout.steering.out_marks, mtu=self._mtu)
+        apply_steering(layout.steering, netns_fd=self._netns)
+        self._xfrm.apply(plan.removes)
+        self._applied = engine
+
+    def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
+        return {"engine": self.kind, **kernel_status(self._applied, self._xfrm.states(), read_xfrm_stat(),
+                                                      reveal=reveal)}
+
+    def close(self) -> None:
+        """Close the socket only: the kernel goes on encrypting with the SAs (Cilium leaves them too)."""
+        if self._netns < 0:
+            return
+        self._xfrm.close()
+        self._ipr.close()
+        os.close(self._netns)
+        self._netns = -1

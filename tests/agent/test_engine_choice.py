@@ -1,0 +1,57 @@
+"""encryption.engine against the kernel: auto follows the ESP probe, kernel without ESP is an error."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ciphermesh.agent.engine_choice import IPSEC_MODULES, EngineUnavailableError, choose_engine
+from ciphermesh.datapath.face import EspProbe, probe_kernel_esp
+from ciphermesh.lab import netns
+from tests.support.names import unique_lab
+
+WORKS = EspProbe(True, "kernel ESP works")
+MISSING = EspProbe(False, "no kernel ESP: an ESP state add failed with ENOSYS", 38)
+
+
+def _choose(asked: str, mode: str, found: EspProbe, loaded: list[tuple[str, ...]]) -> tuple[str, str]:
+    choice = choose_engine(asked, mode, probe=lambda: found, load=loaded.append)  # type: ignore[arg-type]
+    return choice.kind, choice.reason
+
+
+def test_auto_takes_the_kernel_where_the_probe_passes_after_loading_modules() -> None:
+    loaded: list[tuple[str, ...]] = []
+    assert _choose("auto", "ipsec", WORKS, loaded) == ("kernel", "auto: kernel ESP works")
+    assert loaded == [IPSEC_MODULES] and "esp4" in IPSEC_MODULES and "xfrm_user" in IPSEC_MODULES
+    assert _choose("auto", "ipsec", MISSING, loaded) == ("userspace", f"auto: {MISSING.reason}")
+
+
+def test_kernel_without_esp_names_what_is_missing() -> None:
+    with pytest.raises(EngineUnavailableError, match="ENOSYS"):
+        _choose("kernel", "ipsec", MISSING, [])
+    assert _choose("kernel", "ipsec", WORKS, [])[0] == "kernel"
+
+
+def test_userspace_and_wireguard_need_no_probe() -> None:
+    loaded: list[tuple[str, ...]] = []
+    assert _choose("userspace", "ipsec", WORKS, loaded)[0] == "userspace"
+    assert _choose("auto", "wireguard", WORKS, loaded) == (
+        "userspace", "auto: the kernel WireGuard engine is not built yet")
+    with pytest.raises(EngineUnavailableError, match="WireGuard"):
+        _choose("kernel", "wireguard", WORKS, loaded)
+    with pytest.raises(ValueError, match="choose one of"):
+        _choose("fast", "ipsec", WORKS, loaded)
+    assert loaded == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_on_this_kernel_auto_agrees_with_the_real_probe() -> None:
+    name = unique_lab("st")
+    netns.create(name)
+    try:
+        with netns.entered(name):
+            expected = "kernel" if probe_kernel_esp().available else "userspace"
+            assert choose_engine("auto", "ipsec", load=lambda _modules: None).kind == expected
+    finally:
+        netns.delete(name)
