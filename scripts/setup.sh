@@ -14,7 +14,15 @@ PACKAGES=(
   util-linux                      # flock, for the third-party build cache; unshare and setpriv for the lab kubelet
   xxd jq                          # the seed's key recipe (dd | xxd) and its read-back (jsonpath | jq)
   strace                          # what `ip xfrm` sends, compared byte for byte with the XFRM encoder
+  qemu-system-x86                 # the VM harness (ciphermesh lab vm): QEMU and its C virtiofsd
+  linux-image-cloud-amd64         # the guest kernel: ESP, xfrm_user, WireGuard, VXLAN, virtio-fs modules
 )
+# The kernel package needs an initramfs tool. Where none is installed (a container), tiny-initramfs: unlike
+# initramfs-tools it pulls in no udev (nor a systemd upgrade) and its hook works without a root device.
+# It conflicts with initramfs-tools and dracut, so a machine that has one keeps it.
+if ! dpkg-query -W -f='${db:Status-Abbrev} ${Provides}\n' 2>/dev/null | grep -q '^ii .*linux-initramfs-tool'; then
+  PACKAGES+=(tiny-initramfs)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -26,6 +34,20 @@ if ((${#missing[@]})); then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The VM's static busybox: the Debian package conflicts with the installed busybox, so it is unpacked into
+# a cache outside the checkout instead (ciphermesh.lab.vm.host looks there).
+vm_cache=/var/cache/ciphermesh/vm
+if [ ! -x "$vm_cache/busybox/bin/busybox" ]; then
+  mkdir -p "$vm_cache"
+  download=$(mktemp -d)
+  (cd "$download" && { apt-get download -qq busybox-static 2>/dev/null || { apt-get update -qq && apt-get download -qq busybox-static; }; })
+  rm -rf "$vm_cache/busybox.tmp"
+  dpkg -x "$download"/busybox-static_*.deb "$vm_cache/busybox.tmp"
+  rm -rf "$vm_cache/busybox"
+  mv "$vm_cache/busybox.tmp" "$vm_cache/busybox"
+  rm -rf "$download"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -24,6 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "interop: checked against an independent implementation (tshark, scapy, wireguard-go)",
         "slow: takes more than a few seconds",
         "netns: builds network namespaces (needs root)",
+        "vm: boots a VM (a Debian kernel in QEMU, ciphermesh.lab.vm; needs root); skips where none can start",
     ):
         config.addinivalue_line("markers", mark)
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.lab_kube import register_kube
+from ciphermesh.cli.lab_vm import register_vm
 from ciphermesh.cli.values import add_values_arguments, values_from_args
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import DEFAULT_CONTROL_PLANE, lab_up, load_lab
@@ -172,6 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _name(down)
     down.set_defaults(func=_down)
     register_kube(lab_sub, _name)
+    register_vm(lab_sub)
 
     exec_ = lab_sub.add_parser("exec", help="run a command inside a node, e.g. `lab exec node-1 -- tcpdump`")
     _name(exec_)

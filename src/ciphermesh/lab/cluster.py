@@ -16,7 +16,7 @@ from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
 from ciphermesh.agent.status_socket import query_status
 from ciphermesh.config import MASK_KEY, POOL_KEY, Values
 from ciphermesh.keys import generate_line
-from ciphermesh.lab import netns, topology
+from ciphermesh.lab import netns, pace, topology
 from ciphermesh.lab.info import CONTROL_PLANES, ETCD, KUBERNETES, LabError, LabInfo, kubernetes_store
 from ciphermesh.lab.kube.control_plane import (
     apiserver_pid,
@@ -34,7 +34,7 @@ from ciphermesh.lab.repair import existing_lab
 from ciphermesh.lab.state import LabPaths, write_private
 from ciphermesh.operator.ipam import ClusterPool, IPAMConfigError
 from ciphermesh.store.base import Expect
-from ciphermesh.store.etcd.process import running_etcd, start_etcd
+from ciphermesh.store.etcd.process import DEFAULT_START_TIMEOUT, running_etcd, start_etcd
 from ciphermesh.store.open import open_store
 from ciphermesh.store.store import Store
 
@@ -154,12 +154,14 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
     etcd = running_etcd(paths.root)
     if etcd is None:
         progress("starting etcd")
-        etcd = start_etcd(paths.root, binary=etcd_binary(control_plane), env={LAB_MARKER: paths.marker})
+        etcd = start_etcd(paths.root, binary=etcd_binary(control_plane), env={LAB_MARKER: paths.marker},
+                          timeout=pace.scaled(DEFAULT_START_TIMEOUT))
         restarted.append("etcd")
-    timeout = READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes
+    # The waits were set on a machine of pace 1; under emulation everything takes many times longer.
+    timeout = pace.scaled(READY_TIMEOUT_BASE + READY_TIMEOUT_PER_NODE * nodes)
     if kubernetes:
         progress("starting kube-apiserver" if apiserver_pid(paths) is None else "checking kube-apiserver")
-        if ensure_apiserver(paths, etcd.client_url, apiserver_timeout(nodes)):
+        if ensure_apiserver(paths, etcd.client_url, pace.scaled(apiserver_timeout(nodes))):
             restarted.append("kube-apiserver")
     elif mode == "ipsec":
         _ensure_etcd_secret(etcd.client_url, name, values, progress)
