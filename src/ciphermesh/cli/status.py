@@ -72,6 +72,17 @@ def _wait_settled(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)
 
 
+def _print_engine_reasons(console: Console, nodes: list[dict[str, Any]]) -> None:
+    """Why each node runs its engine, one line per distinct engine and reason."""
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for node in nodes:
+        engine, reason = node["encryption"]["engine"], node.get("engineReason")
+        if engine and reason:
+            reasons.setdefault((engine, reason), []).append(node["name"])
+    for (engine, reason), names in reasons.items():
+        console.print(f"Engine {engine} on {', '.join(names)}: {reason}", highlight=False)
+
+
 def _status(args: argparse.Namespace) -> int:
     status = _wait_settled(args) if args.wait else _gather(cluster_status, _lab(args))
     for node in status["nodes"]:
@@ -94,6 +105,7 @@ def _status(args: argparse.Namespace) -> int:
     console.print(table)
     health = status["clusterHealth"]
     console.print(f"Operator: {'running' if status['operator']['running'] else 'not running'}")
+    _print_engine_reasons(console, status["nodes"])
     console.print(f"Cluster health: {health['reachable']}/{health['total']} reachable")
     for node in status["nodes"]:
         for line in [*node["errors"], *node["waiting"]]:

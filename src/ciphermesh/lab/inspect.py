@@ -54,7 +54,8 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
     errors = list(record.errors) if record else []
     if live is not None:
         errors = list(dict.fromkeys([*live.get("errors", []), *errors]))
-        encryption |= {k: v for k, v in live.get("encryption", {}).items() if k in ("mode", "engine")}
+        encryption |= {k: v for k, v in live.get("encryption", {}).items()
+                       if k in ("mode", "engine", "engineReason")}
     else:
         # What a silent agent runs now is not known; the store's record says only what it last published.
         encryption["mode"] = UNKNOWN
@@ -73,6 +74,7 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
         },
         # Beside `encryption`, whose three fields contracts.md fixes.
         "nodeEncryption": bool(encryption.get("nodeEncryption")),
+        "engineReason": encryption.get("engineReason"),
         "health": live["health"] if live else {"reachable": 0, "probed": 0, "peers": []},
         "waiting": live.get("waiting", []) if live else [],
         "errors": errors,
