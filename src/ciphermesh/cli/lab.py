@@ -41,7 +41,8 @@ def _command(args: argparse.Namespace) -> list[str]:
 def _up(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     try:
-        info = lab_up(args.name, args.nodes, values, _progress, control_plane=args.control_plane)
+        info = lab_up(args.name, args.nodes, values, _progress, control_plane=args.control_plane,
+                      node_sets=args.node_sets)
     except (LabError, LabNameError) as exc:
         raise CliError(str(exc)) from None
     words = encryption_words(values)
@@ -167,6 +168,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     f"(installed only with encryption values); etcd: the kvstore mode (default "
                     f"{DEFAULT_CONTROL_PLANE})")
     add_values_arguments(up)
+    up.add_argument("--node-set", dest="node_sets", action="append", default=[], metavar="NODE:KEY=VALUE",
+                    help="a setting of one node (repeatable), e.g. node-3:encryption.engine=userspace")
     up.set_defaults(func=_up)
 
     down = lab_sub.add_parser("down", help="remove the lab: processes, namespaces, state")

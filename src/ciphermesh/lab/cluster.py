@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ciphermesh.lab.kube.control_plane import (
 )
 from ciphermesh.lab.kube.release import release_values
 from ciphermesh.lab.kube.up import kube_up
+from ciphermesh.lab.node_values import node_values_file, parse_node_sets, write_node_values
 from ciphermesh.lab.processes import LAB_MARKER, marked_pids, read_pidfile, start_daemon
 from ciphermesh.lab.recovery import recover_manifest
 from ciphermesh.lab.repair import existing_lab
@@ -131,10 +132,10 @@ def _underlay_subnet(values: Values) -> IPv4Network:
 
 
 def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
-           control_plane: str = ETCD) -> LabInfo:
+           control_plane: str = ETCD, node_sets: Iterable[str] = ()) -> LabInfo:
     """Build the lab, or bring back what is missing of it (same settings, data kept), and wait until every
     agent is ready and every node reaches every other (on Kubernetes without encryption values: until its
-    Nodes are registered, nothing installed)."""
+    Nodes are registered, nothing installed). `node_sets`: NODE:KEY=VALUE settings of single nodes."""
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
     if control_plane not in CONTROL_PLANES:
@@ -166,6 +167,11 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
     elif mode == "ipsec":
         _ensure_etcd_secret(etcd.client_url, name, values, progress)
     plan = topology.plan_topology(name, nodes, subnet)
+    per_node = parse_node_sets(node_sets, [node.name for node in plan.nodes])
+    if per_node and kubernetes:
+        raise LabError("--node-set: per-node settings are built for the etcd lab only (on Kubernetes they "
+                       "need a CiliumNodeConfig, not built yet)")
+    write_node_values(paths, values, per_node, [node.name for node in plan.nodes])
     progress(f"{'checking' if existing else 'building'} {nodes} node namespaces on {subnet}")
     topology.build(plan)
     info = LabInfo(
@@ -240,8 +246,9 @@ def _wait_registered(info: LabInfo, timeout: float) -> None:
 
 
 def start_agent(info: LabInfo, node: str, values: Path | None = None) -> int:
-    """Start a node's agent with the lab's values, or with `values` (a node set up differently)."""
-    common = ["--store", info.store, "--cluster", info.name, "-f", str(values or info.paths.values)]
+    """Start a node's agent with `values`, else its own (`--node-set`), else the lab's."""
+    values = values or node_values_file(info.paths, node) or info.paths.values
+    common = ["--store", info.store, "--cluster", info.name, "-f", str(values)]
     argv = _daemon_argv(
         "agent", *common, "--node", node, "--node-ip", info.node_ips[node],
         "--status-socket", str(info.paths.agent_socket(node)), "--state-dir", str(info.paths.node_dir(node)),
