@@ -2,7 +2,9 @@
 
 Every node reports `kernel`; each holds Cilium's states (SPI = key ID, per-tunnel keys, Cilium's marks)
 for each peer; pods ping over ESP on cilium_vxlan, seen by tcpdump as the seed shows it; a key rotation
-under 50 pings a second loses none and leaves only the new SPI; connectivity test passes.
+under 50 pings a second loses none and leaves only the new SPI; an agent SIGKILLed on a kernel node leaves
+traffic flowing, and its restart adopts the kernel's states (same keys, sequence numbers carried on, so no
+(key, IV) repeats); connectivity test passes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ for _ in $(seq 120); do
   grep -q "spi 0x00000003" "$r"/xfrm-after-*.txt || break
   sleep 1
 done
+xfrm prekill
+ciphermesh lab pod exec --lab {LAB} client -- ping -n -q -i 0.05 -c 300 -W 2 "$server" \
+  > "$r/ping-kill.txt" 2>&1 &
+ping=$!
+sleep 2
+kill -9 "$(cat /run/ciphermesh/labs/{LAB}/pids/agent-node-1.pid)"
+sleep 5
+step restart ciphermesh lab up --lab {LAB} --control-plane etcd --nodes 3 \
+  --set encryption.enabled=true --set encryption.type=ipsec --set encryption.ipsec.keyRotationDuration=5s
+wait $ping
+echo "pingkill $?" >> "$r/steps.txt"
+xfrm postkill
 step connectivity ciphermesh connectivity test --lab {LAB}
 step down ciphermesh lab down --lab {LAB}
 """
@@ -94,6 +108,30 @@ def test_a_rotation_under_50_pings_a_second_loses_none_and_leaves_only_the_new_s
     for i in (1, 2, 3):
         listing = read(guest, f"xfrm-after-{i}.txt")
         assert re.findall(r"proto esp spi (0x[0-9a-f]+)", listing) == ["0x00000004"] * 4, listing
+
+
+def _out_states(listing: str) -> dict[tuple[str, str], tuple[str, int]]:
+    """(src, dst) -> (key, oseq) of each state in `ip xfrm state` output."""
+    found = {}
+    for block in re.split(r"\n(?=src )", listing.strip()):
+        addresses = re.match(r"src (\S+) dst (\S+)", block)
+        key = re.search(r"aead \S+ (0x[0-9a-f]+)", block)
+        oseq = re.search(r"oseq-hi 0x([0-9a-f]+), oseq 0x([0-9a-f]+)", block)
+        if addresses and key and oseq:
+            found[addresses.groups()] = (key.group(1), int(oseq.group(1), 16) << 32 | int(oseq.group(2), 16))
+    return found
+
+
+def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_the_states(guest: VmResult) -> None:
+    _step(guest, "restart")
+    summary = read(guest, "ping-kill.txt")
+    assert re.search(r"300 packets transmitted, 300 received, 0% packet loss", summary), summary
+    before, after = (_out_states(read(guest, f"xfrm-{when}-1.txt")) for when in ("prekill", "postkill"))
+    assert before and before.keys() == after.keys()
+    for pair, (key, seq) in before.items():
+        # The same SA, not a new one: its key stayed and its sequence numbers (the IVs) carried on.
+        assert after[pair][0] == key and after[pair][1] >= seq, pair
+    assert any(after[pair][1] > seq for pair, (_, seq) in before.items())
 
 
 def test_connectivity_test_passes_on_kernel_nodes(guest: VmResult) -> None:
