@@ -32,7 +32,10 @@ SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
     VethScenario(),
     LabScenario("disabled", "lab, encryption disabled (kernel VXLAN)", ()),
     LabScenario("ipsec", "lab, IPsec userspace engine",
-                ("encryption.enabled=true", "encryption.type=ipsec")),
+                ("encryption.enabled=true", "encryption.type=ipsec", "encryption.engine=userspace")),
+    # Only where the kernel has ESP (a VM here: `ciphermesh lab vm -- ciphermesh bench lab ...`).
+    LabScenario("ipsec-kernel", "lab, IPsec kernel engine (XFRM)",
+                ("encryption.enabled=true", "encryption.type=ipsec", "encryption.engine=kernel")),
     LabScenario("wireguard", "lab, WireGuard userspace engine",
                 ("encryption.enabled=true", "encryption.type=wireguard")),
     LabScenario("ipsec-node", "lab, IPsec node encryption, node to node",
