@@ -8,6 +8,7 @@ reconcile changes only what differs.
 from __future__ import annotations
 
 import os
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
 from ciphermesh.datapath.kernel.ipsec.reconcile import plan_changes
 from ciphermesh.datapath.kernel.ipsec.routes import reconcile_ipsec_routing
 from ciphermesh.datapath.kernel.ipsec.status import kernel_status, read_xfrm_stat
-from ciphermesh.datapath.kernel.ipsec.steering import apply_steering
+from ciphermesh.datapath.kernel.ipsec.steering import Steering, apply_steering
 from ciphermesh.datapath.kernel.xfrm.model import State
 from ciphermesh.datapath.kernel.xfrm.netlink_socket import XfrmSocket
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+CACHE_SECONDS = 60.0
 
 
 def kernel_boot_id(path: Path = BOOT_ID) -> str:
@@ -56,6 +58,12 @@ class KernelIPsec:
         self._xfrm = XfrmSocket()
         self._node_ids: NodeIDs | None = None
         self._applied: IPsecEngineState | None = None
+        # What table 200 and nftables were last given: with 1000 peers dumping 1000 routes to find them
+        # unchanged costs more than the whole XFRM reconcile, and a rotation changes only the marks. As
+        # Cilium's XFRM state cache, it is trusted for a minute; then a hand-made change is repaired.
+        self._routed: tuple[object, ...] | None = None
+        self._steered: Steering | None = None
+        self._checked = 0.0
 
     @property
     def kind(self) -> EngineKind:
@@ -75,9 +83,17 @@ class KernelIPsec:
         layout = plan_layout(engine, self._node_ids)
         plan = plan_changes(layout, states, policies)
         self._xfrm.apply(plan.adds)
-        reconcile_ipsec_routing(self._ipr, local_router_ip=engine.local_router_ip,
-                                remote_cidrs=layout.steering.out_marks, mtu=self._mtu)
-        apply_steering(layout.steering, netns_fd=self._netns)
+        if time.monotonic() - self._checked > CACHE_SECONDS:
+            self._routed = self._steered = None
+            self._checked = time.monotonic()
+        routed = (engine.local_router_ip, frozenset(layout.steering.out_marks), self._mtu)
+        if routed != self._routed:
+            reconcile_ipsec_routing(self._ipr, local_router_ip=engine.local_router_ip,
+                                    remote_cidrs=layout.steering.out_marks, mtu=self._mtu)
+            self._routed = routed
+        if layout.steering != self._steered:
+            apply_steering(layout.steering, netns_fd=self._netns)
+            self._steered = layout.steering
         self._xfrm.apply(plan.removes)
         self._applied = engine
 
