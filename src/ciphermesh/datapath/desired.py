@@ -71,6 +71,14 @@ class IPsecPeer:
         object.__setattr__(self, "in_keys", MappingProxyType(in_keys))
         object.__setattr__(self, "standby_out_keys", MappingProxyType(standby))
 
+    @property
+    def out_keys(self) -> dict[int, KeyLine]:
+        """Every outbound key held, standby ones first, then the active one under `out_spi`."""
+        keys = dict(self.standby_out_keys)
+        if self.out_spi is not None and self.out_key is not None:
+            keys[self.out_spi] = self.out_key
+        return keys
+
 
 @dataclass(frozen=True)
 class IPsecEngineState:

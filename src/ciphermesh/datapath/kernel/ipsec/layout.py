@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
+from ciphermesh.datapath.desired import IPsecEngineState
 from ciphermesh.datapath.kernel.ipsec import marks
 from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
 from ciphermesh.datapath.kernel.ipsec.steering import Steering
@@ -68,11 +68,6 @@ def _state(src: IPv4Address, dst: IPv4Address, spi: int, key: KeyLine, marks_: t
                    crypt=Cipher(material.enc_algo, material.enc_key))
 
 
-def _out_spis(peer: IPsecPeer) -> dict[int, KeyLine]:
-    active = {peer.out_spi: peer.out_key} if peer.out_spi is not None and peer.out_key is not None else {}
-    return {**peer.standby_out_keys, **active}
-
-
 def plan_layout(engine: IPsecEngineState, node_ids: NodeIDs) -> XfrmLayout:
     """The layout for `engine`; `node_ids` gains an ID for each new peer and forgets the ones gone."""
     node_ids.keep_only(peer.router_ip for peer in engine.peers)
@@ -87,7 +82,7 @@ def plan_layout(engine: IPsecEngineState, node_ids: NodeIDs) -> XfrmLayout:
         in_marks[peer.router_ip] = inbound.value
         for spi, key in sorted(peer.in_keys.items()):
             states.append(_state(peer.router_ip, local, spi, key, (inbound, marks.IN_OUTPUT_MARK)))
-        for spi, key in sorted(_out_spis(peer).items()):
+        for spi, key in sorted(peer.out_keys.items()):
             outbound = marks.out_mark(node_id, spi)
             states.append(_state(local, peer.router_ip, spi, key, (outbound, marks.OUT_OUTPUT_MARK)))
             template = Template(local, peer.router_ip, spi=spi, reqid=marks.REQID)

@@ -18,10 +18,7 @@ def held_sas(tables: IPsecTables, reveal: bool) -> list[dict[str, Any]]:
     sas = []
     for path in tables.paths:
         peer = path.peer
-        out_keys = dict(peer.standby_out_keys)
-        if peer.out_spi is not None and peer.out_key is not None:
-            out_keys[peer.out_spi] = peer.out_key
-        for spi, key in sorted(out_keys.items()):
+        for spi, key in sorted(peer.out_keys.items()):
             sas.append({"direction": "out", "src": str(local), "dst": str(peer.router_ip), "spi": spi,
                         "active": spi == peer.out_spi, "key": key.format(reveal=reveal)})
         for spi, key in sorted(peer.in_keys.items()):

@@ -105,10 +105,7 @@ def sa_digests(state: IPsecEngineState) -> dict[str, str]:
     local = state.local_router_ip
     digests = {}
     for index, peer in enumerate(state.peers):
-        outbound = dict(peer.standby_out_keys)
-        if peer.out_spi is not None and peer.out_key is not None:
-            outbound[peer.out_spi] = peer.out_key
-        for direction, keys, src, dst in (("out", outbound, local, peer.router_ip),
+        for direction, keys, src, dst in (("out", peer.out_keys, local, peer.router_ip),
                                           ("in", peer.in_keys, peer.router_ip, local)):
             for spi, key in keys.items():
                 text = f"{direction} {src} {dst} {spi} {key.format(reveal=True)}"

@@ -152,10 +152,7 @@ class IPsecTables:
         with ledger.all_or_nothing():
             for peer in state.peers:
                 out_sa = None
-                out_keys = dict(peer.standby_out_keys)
-                if peer.out_spi is not None and peer.out_key is not None:
-                    out_keys[peer.out_spi] = peer.out_key
-                for spi, key in out_keys.items():
+                for spi, key in peer.out_keys.items():
                     identity = ("out", local.packed, peer.router_ip.packed, spi, key.material)
                     make_out = partial(_new_outbound, spi, identity, params)
                     sa = ledger.outbound(identity[1:4], key.material, make_out)
