@@ -40,35 +40,35 @@ def _policy_settings(policy: Policy) -> Policy:
     return replace(policy, index=0)
 
 
+def _policy_change(policy: Policy, held: Policy | None) -> list[Request]:
+    if held is None:
+        return [new_policy(policy)]
+    return [] if held == policy else [new_policy(policy, update=True)]
+
+
+def _state_change(state: State, held: State | None) -> list[Request]:
+    if held is None:
+        return [new_state(state)]
+    if held == state:
+        return []
+    if replace(held, output_mark=state.output_mark) == state:
+        return [new_state(state, update=True)]
+    # Same SPI, another key: the peer rebooted (new boot ID). An update cannot change a key.
+    return [delete_state(held.id), new_state(state)]
+
+
 def plan_changes(layout: XfrmLayout, states: list[State], policies: list[Policy]) -> XfrmPlan:
     """The requests that take the kernel's `states` and `policies` to `layout`."""
     held_states: dict[StateId, State] = {s.id: _settings(s) for s in states if is_ours(s)}
     held_policies: dict[PolicyId, Policy] = {p.id: _policy_settings(p) for p in policies if is_ours(p)}
-    adds: list[Request] = []
-    removes: list[Request] = []
-    wanted_policies = {p.id: p for p in layout.policies}
-    # The default drop goes in before any other XFRM object, as Cilium installs it.
-    if DROP_POLICY.id not in held_policies:
-        adds.append(new_policy(DROP_POLICY))
-    for state in layout.states:
-        held = held_states.get(state.id)
-        if held is None:
-            adds.append(new_state(state))
-        elif held != state:
-            if replace(held, output_mark=state.output_mark) == state:
-                adds.append(new_state(state, update=True))
-            else:
-                # Same SPI, another key: the peer rebooted (new boot ID). An update cannot change a key.
-                adds += [delete_state(held.id), new_state(state)]
-    for policy in layout.policies:
-        held_policy = held_policies.get(policy.id)
-        if policy == DROP_POLICY and held_policy is None:
-            continue
-        if held_policy is None:
-            adds.append(new_policy(policy))
-        elif held_policy != policy:
-            adds.append(new_policy(policy, update=True))
+    # The default drop goes in before any other XFRM object, as Cilium installs it; then states, then the
+    # policies that send packets to them.
+    others = [p for p in layout.policies if p != DROP_POLICY]
+    adds = [*_policy_change(DROP_POLICY, held_policies.get(DROP_POLICY.id)),
+            *(r for state in layout.states for r in _state_change(state, held_states.get(state.id))),
+            *(r for policy in others for r in _policy_change(policy, held_policies.get(policy.id)))]
+    wanted_policies = {p.id for p in layout.policies}
     wanted_states = {s.id for s in layout.states}
-    removes += [delete_policy(pid) for pid in held_policies if pid not in wanted_policies]
-    removes += [delete_state(sid) for sid in held_states if sid not in wanted_states]
+    removes = [*(delete_policy(pid) for pid in held_policies if pid not in wanted_policies),
+               *(delete_state(sid) for sid in held_states if sid not in wanted_states)]
     return XfrmPlan(tuple(adds), tuple(removes))
