@@ -12,13 +12,17 @@ from ciphermesh.datapath.kernel.ipsec.marks import (
     OUT_OUTPUT_MARK,
     in_mark,
     is_cilium_mark,
-    mark_matches,
     node_id_of,
     out_mark,
 )
 from ciphermesh.datapath.kernel.xfrm.model import Mark
 
 node_ids = st.integers(1, 0xFFFF)
+
+
+def mark_matches(mark: Mark, packet_mark: int) -> bool:
+    """As XFRM selects: the packet's mark under the object's mask is its value."""
+    return packet_mark & mark.mask == mark.value
 spis = st.integers(1, 15)
 
 

@@ -27,11 +27,6 @@ ROUTE_TABLE = 200
 RULE_PRIORITY = 1
 
 
-def mark_matches(mark: Mark, packet_mark: int) -> bool:
-    """Whether a packet with `packet_mark` is selected by an object holding `mark`."""
-    return packet_mark & mark.mask == mark.value
-
-
 def _check(node_id: int, spi: int | None = None) -> None:
     if not MIN_NODE_ID <= node_id <= MAX_NODE_ID:
         raise ValueError(f"node ID {node_id} is not in {MIN_NODE_ID}..{MAX_NODE_ID}")

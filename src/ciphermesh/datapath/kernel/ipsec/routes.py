@@ -15,7 +15,7 @@ from typing import Any
 from ciphermesh.datapath.kernel.ipsec.marks import ENCRYPT_RULE_MARK, ROUTE_TABLE, RULE_PRIORITY
 from ciphermesh.datapath.netlink.links import CILIUM_VXLAN
 from ciphermesh.datapath.netlink.route_set import OwnedRoute, converge_routes
-from ciphermesh.datapath.netlink.rules import OwnedRule, ensure_rule, remove_rules
+from ciphermesh.datapath.netlink.rules import OwnedRule, ensure_rule
 from ciphermesh.rtnl import RTN_UNICAST, link_index
 from ciphermesh.rtnl.changes import Changes
 from ciphermesh.rtnl.errors import DeviceMissingError
@@ -39,12 +39,4 @@ def reconcile_ipsec_routing(
     wanted = {OwnedRoute(cidr, METRIC, RTN_UNICAST, index, source, mtu) for cidr in remote_cidrs}
     converge_routes(ipr, wanted, table=ROUTE_TABLE, proto=PROTO_KERNEL_IPSEC, tun=vxlan, changes=changes)
     ensure_rule(ipr, ENCRYPT_RULE, changes)
-    return changes
-
-
-def remove_ipsec_routing(ipr: Any) -> Changes:
-    """The rule and table 200's routes gone: for switching engines or teardown."""
-    changes = Changes()
-    remove_rules(ipr, PROTO_KERNEL_IPSEC, changes)
-    converge_routes(ipr, set(), table=ROUTE_TABLE, proto=PROTO_KERNEL_IPSEC, tun=None, changes=changes)
     return changes
