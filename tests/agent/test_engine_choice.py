@@ -9,7 +9,7 @@ import pytest
 from ciphermesh.agent.engine_choice import IPSEC_MODULES, EngineUnavailableError, choose_engine
 from ciphermesh.datapath.face import EspProbe, probe_kernel_esp
 from ciphermesh.lab import netns
-from tests.support.names import unique_lab
+from tests.support.xfrm import xfrm_netns
 
 WORKS = EspProbe(True, "kernel ESP works")
 MISSING = EspProbe(False, "no kernel ESP: an ESP state add failed with ENOSYS", 38)
@@ -47,11 +47,6 @@ def test_userspace_and_wireguard_need_no_probe() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_on_this_kernel_auto_agrees_with_the_real_probe() -> None:
-    name = unique_lab("st")
-    netns.create(name)
-    try:
-        with netns.entered(name):
-            expected = "kernel" if probe_kernel_esp().available else "userspace"
-            assert choose_engine("auto", "ipsec", load=lambda _modules: None).kind == expected
-    finally:
-        netns.delete(name)
+    with xfrm_netns() as name, netns.entered(name):
+        expected = "kernel" if probe_kernel_esp().available else "userspace"
+        assert choose_engine("auto", "ipsec", load=lambda _modules: None).kind == expected

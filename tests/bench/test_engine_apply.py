@@ -12,32 +12,22 @@ import pytest
 
 from ciphermesh.datapath.face import probe_kernel_esp
 from ciphermesh.lab import netns
-from tests.support.names import unique_lab
+from tests.support.xfrm import xfrm_netns
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_apply_bench.py"
-
-
-def _kernel_has_esp() -> bool:
-    name = unique_lab("st")
-    netns.create(name)
-    try:
-        with netns.entered(name):
-            return probe_kernel_esp().available
-    finally:
-        netns.delete(name)
 
 
 @pytest.mark.netns
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_twenty_peers_on_every_engine_this_kernel_has() -> None:
-    kernel = _kernel_has_esp()
+    with xfrm_netns() as name, netns.entered(name):
+        kernel = probe_kernel_esp().available
     before = set(netns.names())
     done = subprocess.run([sys.executable, str(SCRIPT), "--peers", "20", "-o", "markdown"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    kernel = _kernel_has_esp()
-    assert [row["engine"] for row in rows] == ["userspace", "kernel"] if kernel else ["userspace"]
+    assert [row["engine"] for row in rows] == (["userspace", "kernel"] if kernel else ["userspace"])
     if not kernel:
         assert "kernel engine skipped: no kernel ESP" in done.stdout
     for row in rows:
