@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 
 from ciphermesh.lab.names import is_lab_netns
@@ -23,6 +24,11 @@ NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# pyroute2 forks a helper per namespace socket and stops it with SIGTERM, which can land before the helper
+# reaches os._exit: with the caller's Python handler still installed, a handler that raises (sys.exit)
+# unwinds the caller's stack in the helper and runs its `finally` blocks there (CI saw a forked copy of a
+# benchmark run `lab down` on the lab it was building). The helper resets SIGTERM to the default first.
+pyroute2_config.disable_mp_signal = True
 
 
 class NetnsError(RuntimeError):

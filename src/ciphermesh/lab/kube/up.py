@@ -99,5 +99,6 @@ def wait_nodes(info: LabInfo, timeout: float) -> None:
                            f"exited: {log_tail(log)} (see {log})")
         if time.monotonic() > deadline:
             raise LabError(f"lab {info.name}: the lab kubelet registered no Node for "
-                           f"{', '.join(sorted(missing))} within {timeout:.0f} s (see {log})")
+                           f"{', '.join(sorted(missing))} within {timeout:.0f} s: {log_tail(log)} "
+                           f"(see {log})")
         time.sleep(0.2)
