@@ -53,6 +53,13 @@ def test_an_unknown_value_is_refused_by_the_schema(tmp_path: Path) -> None:
         write_node_values(paths, load_values(), {"node-1": ["encryption.engine=fast"]}, NODES)
 
 
+def test_a_comma_does_not_smuggle_a_cluster_wide_key_in(tmp_path: Path) -> None:
+    paths = LabPaths("nv", tmp_path)
+    sets = {"node-1": ["encryption.engine=userspace,encryption.type=wireguard"]}
+    with pytest.raises(ValueError, match="is not one of"):
+        write_node_values(paths, load_values(sets=["encryption.enabled=true"]), sets, NODES)
+
+
 def test_on_kubernetes_a_node_set_is_a_node_config_under_the_configmaps_key() -> None:
     obj = node_config_object("node-3", ["encryption.engine=userspace"])
     meta = obj["metadata"]

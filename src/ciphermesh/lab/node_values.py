@@ -49,7 +49,9 @@ def write_node_values(paths: LabPaths, values: Values, node_sets: Mapping[str, l
             continue
         merged = values
         for assignment in node_sets[node]:
-            merged = merged.with_set(assignment)
+            # One value, not `--set`'s comma list, which would smuggle in a cluster-wide key.
+            key, _, raw = assignment.partition("=")
+            merged = merged.with_value(key, raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, yaml.safe_dump(merged.as_tree(), sort_keys=False))
 
