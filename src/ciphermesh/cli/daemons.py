@@ -52,13 +52,19 @@ def _connect(args: argparse.Namespace) -> Store:
         raise CliError(f"store {args.store}: {exc}") from None
 
 
-def _node_values(args: argparse.Namespace, store: Store) -> tuple[Values, Resolved]:
+def node_values(args: argparse.Namespace, store: Store) -> tuple[Values, Resolved]:
     """The ConfigMap with this node's CiliumNodeConfigs over it, then -f and --set."""
     try:
-        resolved = resolve_node_config(store, args.k8s_namespace, args.node, read_config_dir(args.config_dir))
-        base = values_from_config_data(resolved.data)
+        data = read_config_dir(args.config_dir)  # its errors name the directory
+    except ValuesError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        resolved = resolve_node_config(store, args.k8s_namespace, args.node, data)
     except StoreError as exc:
         raise CliError(f"agent: per-node settings (CiliumNodeConfig): {exc}") from None
+    try:
+        # A bad value of the ConfigMap itself (the overrides' values were checked one by one).
+        base = values_from_config_data(resolved.data)
     except ValuesError as exc:
         raise CliError(f"config dir {args.config_dir}: {exc}") from None
     try:
@@ -74,7 +80,7 @@ def _agent(args: argparse.Namespace) -> int:
     early = None if per_node else values_from_args(args)
     store = _connect(args)
     try:
-        values, resolved = _node_values(args, store) if early is None else (early, None)
+        values, resolved = node_values(args, store) if early is None else (early, None)
         engine = choose_engine(values.text("encryption.engine"), agent_mode(values))
     except (UnsupportedModeError, EngineUnavailableError) as exc:
         store.close()

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ciphermesh.config.agent_config import CONFIG_KEYS, DIRECT_KEYS, values_from_config_data
-from ciphermesh.config.values import ValuesError
+from ciphermesh.config.agent_config import CONFIG_KEYS, DIRECT_KEYS
+from ciphermesh.config.values import Values, ValuesError
 
 KIND = "CiliumNodeConfig"
 # ConfigMap keys a node may hold apart from the cluster: where it encrypts, not whether or how (a node on
@@ -120,7 +120,7 @@ def apply_node_configs(data: Mapping[str, str], configs: Iterable[NodeConfig], l
     for config in found:
         for key, value in sorted(config.defaults.items()):
             where = f"{KIND} {namespace}/{config.name}: {key}"
-            refusal = _refusal(key, value, merged)
+            refusal = _refusal(key, value)
             if refusal is not None:
                 problems.append(f"{where}: {refusal}; the cluster's value stays")
                 continue
@@ -129,8 +129,8 @@ def apply_node_configs(data: Mapping[str, str], configs: Iterable[NodeConfig], l
     return Resolved(data=merged, sources=sources, problems=tuple(problems))
 
 
-def _refusal(key: str, value: str, data: Mapping[str, str]) -> str | None:
-    """Why `key: value` may not override `data` on one node, or None if it may."""
+def _refusal(key: str, value: str) -> str | None:
+    """Why `key: value` may not override the ConfigMap on one node, or None if it may."""
     if not _CONFIG_MAP_KEY.match(key):
         return "not a valid ConfigMap key"
     if key not in PER_NODE_CONFIG_KEYS:
@@ -139,7 +139,8 @@ def _refusal(key: str, value: str, data: Mapping[str, str]) -> str | None:
                     f"{', '.join(sorted(PER_NODE_CONFIG_KEYS))})")
         return "not a ciphermesh setting"
     try:
-        values_from_config_data({**data, key: value})
+        # Per-node keys carry one setting each (PER_NODE_SETTINGS maps them), read as the ConfigMap's are.
+        Values().with_value(DIRECT_KEYS[key], value.strip())
     except ValuesError as exc:
-        return str(exc).removeprefix(f"{key}: ")  # the caller names the key
+        return str(exc)
     return None
