@@ -101,13 +101,12 @@ def test_keys_a_node_may_not_override_are_dropped_with_a_problem_naming_them() -
     assert resolved.data == CLUSTER  # every cluster value stays
     assert resolved.sources == ("cilium-node-config:kube-system/bad",)
     assert list(resolved.problems) == [
-        "CiliumNodeConfig kube-system/bad: bpf-lb-acceleration: not a ciphermesh setting; "
-        "the cluster's value stays",
+        "CiliumNodeConfig kube-system/bad: bpf-lb-acceleration: not a ciphermesh setting; ignored",
         "CiliumNodeConfig kube-system/bad: enable-wireguard: set for the whole cluster, not per node "
-        "(per node: encryption-engine); the cluster's value stays",
+        "(per node: encryption-engine); ignored",
         "CiliumNodeConfig kube-system/bad: encryption-engine: encryption.engine: 'fast' "
-        "is not one of auto, kernel, userspace; the cluster's value stays",
-        "CiliumNodeConfig kube-system/bad: no/slash: not a valid ConfigMap key; the cluster's value stays",
+        "is not one of auto, kernel, userspace; ignored",
+        "CiliumNodeConfig kube-system/bad: no/slash: not a valid ConfigMap key; ignored",
     ]
 
 

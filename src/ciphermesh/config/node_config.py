@@ -122,7 +122,7 @@ def apply_node_configs(data: Mapping[str, str], configs: Iterable[NodeConfig], l
             where = f"{KIND} {namespace}/{config.name}: {key}"
             refusal = _refusal(key, value)
             if refusal is not None:
-                problems.append(f"{where}: {refusal}; the cluster's value stays")
+                problems.append(f"{where}: {refusal}; ignored")
                 continue
             merged[key] = value
     sources = tuple(f"cilium-node-config:{namespace}/{config.name}" for config in found)
