@@ -128,6 +128,30 @@ def test_the_agent_runs_as_the_plan_says() -> None:
     assert container["image"] == f"ghcr.io/ciphermesh/ciphermesh:{__version__}"
 
 
+def test_the_agent_reads_its_namespaces_node_configs_and_may_only_read_them() -> None:
+    manifests = helm_template(COMBINATIONS["ipsec"])
+    (container,) = _agent_pod(manifests)["containers"]
+    assert "--k8s-namespace=$(CILIUM_K8S_NAMESPACE)" in container["args"]
+    env = next(e for e in container["env"] if e["name"] == "CILIUM_K8S_NAMESPACE")
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    role = one(manifests, "Role", "cilium-config-agent", "kube-system")
+    assert role["rules"] == [{"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = one(manifests, "RoleBinding", "cilium-config-agent", "kube-system")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cilium", "namespace": "kube-system"}]
+
+
+def test_the_node_config_crd_is_cilium_s() -> None:
+    crd = yaml.safe_load((chart_path() / "crds" / "ciliumnodeconfigs.yaml").read_text())
+    assert crd["metadata"]["name"] == "ciliumnodeconfigs.cilium.io"
+    assert (crd["spec"]["scope"], crd["spec"]["names"]["kind"]) == ("Namespaced", "CiliumNodeConfig")
+    versions = {v["name"]: v for v in crd["spec"]["versions"]}
+    assert [name for name, v in versions.items() if v["storage"]] == ["v2"] and versions["v2alpha1"]["served"]
+    spec = versions["v2"]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["defaults", "nodeSelector"]
+    assert spec["properties"]["defaults"]["additionalProperties"] == {"type": "string"}
+
+
 def _operator_secret_rules(sets: tuple[str, ...]) -> list[dict[str, Any]]:
     role = one(helm_template(sets), "Role", "cilium-operator", "kube-system")
     return [rule for rule in role["rules"] if "secrets" in rule["resources"]]

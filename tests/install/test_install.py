@@ -29,6 +29,7 @@ IPSEC = ("encryption.enabled=true", "encryption.type=ipsec")
 AUTO_ROTATE = (*IPSEC, "encryption.ipsec.autoRotateInterval=1h")
 LEASES = "leases.coordination.k8s.io"
 CILIUM_NODES = "ciliumnodes.cilium.io"
+NODE_CONFIGS = "ciliumnodeconfigs.cilium.io"
 SECRET = "secrets/cilium-ipsec-keys"
 # What the release consists of besides the CRD: (kind, name, namespace or None).
 RELEASE_OBJECTS = (
@@ -40,6 +41,8 @@ RELEASE_OBJECTS = (
     ("clusterrole", "cilium", None),
     ("clusterrole", "cilium-operator", None),
     ("role", "cilium", "kube-node-lease"),
+    ("role", "cilium-config-agent", "kube-system"),
+    ("rolebinding", "cilium-config-agent", "kube-system"),
     ("role", "cilium-operator", "kube-system"),
 )
 
@@ -92,7 +95,8 @@ def test_install_upgrade_uninstall(
     assert "STATUS: deployed" in out
     for kind, name, namespace in RELEASE_OBJECTS:
         assert _exists(cluster, kind, name, namespace), (kind, name)
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/ciliumnodes.cilium.io")
+    for crd in (CILIUM_NODES, NODE_CONFIGS):
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
     data = _get(cluster, "configmap", "cilium-config")["data"]
     assert (data["enable-ipsec"], data["enable-wireguard"], data["ipsec-key-file"]) == (
         "true", "false", "/etc/ipsec/keys")
@@ -117,7 +121,7 @@ def test_install_upgrade_uninstall(
     wait_until(lambda: not any(_exists(cluster, *obj) for obj in RELEASE_OBJECTS), timeout=60,
                message="the release's objects to be gone")
     # Helm keeps CRDs (and so every CiliumNode), as it does for Cilium's.
-    assert _exists(cluster, "crd", "ciliumnodes.cilium.io", None)
+    assert _exists(cluster, "crd", CILIUM_NODES, None) and _exists(cluster, "crd", NODE_CONFIGS, None)
     assert main(["uninstall"]) == 1
     assert capsys.readouterr().err.startswith("ciphermesh: helm uninstall: Release not loaded: cilium")
 
@@ -154,6 +158,13 @@ AGENT = (
     ("create", LEASES, "kube-system", False),
     ("create", "pods", "kube-system", False),
     ("get", "configmaps", "kube-system", False),
+    ("list", NODE_CONFIGS, "kube-system", True),
+    ("watch", NODE_CONFIGS, "kube-system", True),
+    ("get", NODE_CONFIGS, "kube-system", True),
+    ("list", NODE_CONFIGS, "default", False),
+    ("create", NODE_CONFIGS, "kube-system", False),
+    ("update", NODE_CONFIGS, "kube-system", False),
+    ("get", "nodes", None, True),
 )
 OPERATOR = (
     ("delete", CILIUM_NODES, None, True),

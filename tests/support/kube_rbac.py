@@ -26,6 +26,9 @@ AGENT_RULES: Mapping[str | None, list[JSONObject]] = {
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
          "verbs": ["create", "get", "list", "watch", "update"]},
     ],
+    "kube-system": [
+        {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["get", "list", "watch"]},
+    ],
 }
 OPERATOR_RULES: Mapping[str | None, list[JSONObject]] = {
     None: [

@@ -6,9 +6,10 @@ import secrets
 
 # netns: bare topologies; lf: CLI labs; ro: rotation; cc/cn/cd: connectivity and decrypt; kl: labs on
 # the Kubernetes control plane and the lab kubelet; ks: the seed on Kubernetes; kf: faults on Kubernetes;
+# kn: per-node settings (CiliumNodeConfig) on Kubernetes;
 # cb: the control-plane benchmark (its labs are the prefix, e|k and an index); st: the kernel engine's
 # nftables steering; xf: XFRM netlink tests.
-PREFIXES = ("cmt", "lf", "ro", "cc", "cn", "cd", "kl", "ks", "kf", "cb", "st", "xf")
+PREFIXES = ("cmt", "lf", "ro", "cc", "cn", "cd", "kl", "ks", "kf", "kn", "cb", "st", "xf")
 # Every name handed out, so tests/conftest.py can check each test left none of its namespaces behind.
 ISSUED: list[str] = []
 

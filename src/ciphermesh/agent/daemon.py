@@ -47,6 +47,10 @@ class AgentOptions:
     # Where the WireGuard private key lives across restarts (Cilium: /var/run/cilium/state).
     state_dir: Path = DEFAULT_STATE_DIR
     engine: EngineChoice = USERSPACE
+    # Where the settings came from (the ConfigMap, then CiliumNodeConfigs), and the per-node overrides
+    # refused at start: reported among the errors for as long as the agent runs with the cluster's value.
+    config_sources: tuple[str, ...] = ()
+    config_problems: tuple[str, ...] = ()
 
 
 class Agent:
@@ -244,7 +248,7 @@ class Agent:
                 "nodeEncryption": self.node_encryption}
 
     def _errors(self) -> list[str]:
-        errors = [*self.problems, *self._view.errors()]
+        errors = [*self.options.config_problems, *self.problems, *self._view.errors()]
         if self.mode == "ipsec" and self.keyring.error:
             errors.append(self.keyring.error)
         if self._registration is not None and self._registration.last_error:
@@ -265,6 +269,7 @@ class Agent:
             "agent": self.phase,
             "startedAt": self.started_at,
             "lastApply": self.last_apply,
+            "configSources": list(self.options.config_sources),
             "mtu": {"device": self.mtus.device, "vxlan": self.mtus.vxlan, "pod": self.mtus.pod},
             "encryption": {**self._encryption_summary(), "engineStatus": engine,
                            "strictMode": self.datapath.strict_status(self.strict_cidr)},

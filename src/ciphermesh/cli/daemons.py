@@ -14,10 +14,13 @@ from pyroute2 import IPRoute
 from ciphermesh.agent.daemon import DEFAULT_STATE_DIR, Agent, AgentOptions
 from ciphermesh.agent.engine_choice import EngineUnavailableError, choose_engine
 from ciphermesh.agent.modes import UnsupportedModeError, agent_mode
+from ciphermesh.agent.node_config import resolve_node_config
 from ciphermesh.agent.wireguard_key import KeyFileError
 from ciphermesh.cli.errors import CliError
 from ciphermesh.cli.values import add_config_dir_argument, add_values_arguments, values_from_args
-from ciphermesh.config import Values
+from ciphermesh.config import Values, ValuesError, load_values
+from ciphermesh.config.agent_config import read_config_dir, values_from_config_data
+from ciphermesh.config.node_config import Resolved
 from ciphermesh.datapath.face import DatapathError
 from ciphermesh.operator.controller import OperatorConfig, run_operator
 from ciphermesh.operator.ipam import IPAMConfigError
@@ -49,14 +52,42 @@ def _connect(args: argparse.Namespace) -> Store:
         raise CliError(f"store {args.store}: {exc}") from None
 
 
-def _agent(args: argparse.Namespace) -> int:
-    values = values_from_args(args)
-    _logging(args.log_level)
+def node_values(args: argparse.Namespace, store: Store) -> tuple[Values, Resolved]:
+    """The ConfigMap with this node's CiliumNodeConfigs over it, then -f and --set."""
     try:
+        data = read_config_dir(args.config_dir)  # its errors name the directory
+    except ValuesError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        resolved = resolve_node_config(store, args.k8s_namespace, args.node, data)
+    except StoreError as exc:
+        raise CliError(f"agent: per-node settings (CiliumNodeConfig): {exc}") from None
+    try:
+        # A bad value of the ConfigMap itself (the overrides' values were checked one by one).
+        base = values_from_config_data(resolved.data)
+    except ValuesError as exc:
+        raise CliError(f"config dir {args.config_dir}: {exc}") from None
+    try:
+        return load_values(files=args.value_files, sets=args.sets, base=base), resolved
+    except ValuesError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _agent(args: argparse.Namespace) -> int:
+    _logging(args.log_level)
+    # Per-node settings need the API server; without them a bad value is reported before any connection.
+    per_node = args.config_dir is not None and args.k8s_namespace is not None
+    early = None if per_node else values_from_args(args)
+    store = _connect(args)
+    try:
+        values, resolved = node_values(args, store) if early is None else (early, None)
         engine = choose_engine(values.text("encryption.engine"), agent_mode(values))
     except (UnsupportedModeError, EngineUnavailableError) as exc:
+        store.close()
         raise CliError(f"agent: {exc}") from None
-    store = _connect(args)
+    except CliError:
+        store.close()
+        raise
     stop = _stop_on_signals()
     options = AgentOptions(
         node=args.node,
@@ -66,6 +97,8 @@ def _agent(args: argparse.Namespace) -> int:
         probe_interval=args.probe_interval,
         state_dir=args.state_dir,
         engine=engine,
+        config_sources=() if resolved is None else resolved.sources,
+        config_problems=() if resolved is None else resolved.problems,
     )
     with IPRoute() as ipr:
         try:
@@ -136,6 +169,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agent.add_argument("--node-ip", required=True, type=IPv4Address, help="this node's address on eth0")
     agent.add_argument("--status-socket", required=True, type=Path, help="unix socket for status queries")
     agent.add_argument("--probe-interval", type=float, default=15.0, help="seconds between health probes")
+    agent.add_argument("--k8s-namespace", metavar="NAMESPACE",
+                       help="the agent's namespace (Cilium's --k8s-namespace): with --config-dir and a "
+                            "Kubernetes store, the CiliumNodeConfigs there that select this node override "
+                            "the ConfigMap's keys, read once at start")
     agent.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                        help=f"state kept across restarts: the WireGuard key (default {DEFAULT_STATE_DIR})")
     agent.set_defaults(func=_agent)

@@ -60,6 +60,8 @@ _SHAPED_KEYS: dict[str, Callable[[Values, str], Values]] = {
 }
 # The encryption mode is two flags in Cilium's ConfigMap; read together below.
 _MODE_KEYS = ("enable-ipsec", "enable-wireguard")
+# Every ConfigMap key ciphermesh reads; the rest are Cilium's features it does not have.
+CONFIG_KEYS = frozenset(DIRECT_KEYS) | frozenset(_SHAPED_KEYS) | frozenset(_MODE_KEYS)
 
 
 def _mode(values: Values, data: Mapping[str, str]) -> Values:

@@ -168,10 +168,8 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
         _ensure_etcd_secret(etcd.client_url, name, values, progress)
     plan = topology.plan_topology(name, nodes, subnet)
     per_node = parse_node_sets(node_sets, [node.name for node in plan.nodes])
-    if per_node and kubernetes:
-        raise LabError("--node-set: per-node settings are built for the etcd lab only (on Kubernetes they "
-                       "need a CiliumNodeConfig, not built yet)")
-    write_node_values(paths, values, per_node, [node.name for node in plan.nodes])
+    # On Kubernetes the same settings are CiliumNodeConfigs (kube_up); files are the etcd lab's way.
+    write_node_values(paths, values, {} if kubernetes else per_node, [node.name for node in plan.nodes])
     progress(f"{'checking' if existing else 'building'} {nodes} node namespaces on {subnet}")
     topology.build(plan)
     info = LabInfo(
@@ -190,7 +188,8 @@ def lab_up(name: str, nodes: int, values: Values, progress: Progress, *,
     installed = bool(existing and existing.get("installed"))
     paths.write_manifest(manifest | {"installed": installed})
     if kubernetes:
-        started, installed = kube_up(info, values, progress, installed=installed, timeout=timeout)
+        started, installed = kube_up(info, values, progress, installed=installed, timeout=timeout,
+                                     node_sets=per_node)
         restarted += started
         paths.write_manifest(manifest | {"installed": installed})
     else:

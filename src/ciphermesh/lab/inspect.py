@@ -75,6 +75,8 @@ def _node_entry(name: str, node_ip: str, record: Node | None, live: dict[str, An
         # Beside `encryption`, whose three fields contracts.md fixes.
         "nodeEncryption": bool(encryption.get("nodeEncryption")),
         "engineReason": encryption.get("engineReason"),
+        # Where its settings came from: the ConfigMap, then any CiliumNodeConfig (Kubernetes only).
+        "configSources": live.get("configSources", []) if live else [],
         "health": live["health"] if live else {"reachable": 0, "probed": 0, "peers": []},
         "waiting": live.get("waiting", []) if live else [],
         "errors": errors,

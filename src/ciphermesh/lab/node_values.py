@@ -1,7 +1,8 @@
 """Per-node settings in the lab: `lab up --node-set NODE:KEY=VALUE`, e.g. one node on the userspace engine.
 
-Cilium puts such overrides in a CiliumNodeConfig; the etcd lab writes the node's merged values next to its
-state (`nodes/<node>/values.yaml`, 0600) and starts its agent with that file instead of the lab's.
+The etcd lab writes the node's merged values next to its state (`nodes/<node>/values.yaml`, 0600) and
+starts its agent with that file instead of the lab's; on Kubernetes they are CiliumNodeConfigs, as
+Cilium has them (`lab.kube.node_configs`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from pathlib import Path
 import yaml
 
 from ciphermesh.config import Values
+from ciphermesh.config.node_config import PER_NODE_SETTINGS
 from ciphermesh.lab.info import LabError
 from ciphermesh.lab.state import LabPaths, write_private
 
 NODE_VALUES = "values.yaml"
-# Settings a node may hold apart from the cluster: where it encrypts, not whether or how (a node on
-# another encryption type or key would cut itself off rather than mix in).
-PER_NODE_KEYS = frozenset({"encryption.engine"})
 
 
 def parse_node_sets(items: Iterable[str], nodes: Iterable[str]) -> dict[str, list[str]]:
@@ -33,9 +32,9 @@ def parse_node_sets(items: Iterable[str], nodes: Iterable[str]) -> dict[str, lis
                            "e.g. node-3:encryption.engine=userspace")
         if node not in known:
             raise LabError(f"--node-set {item!r}: the lab has no node {node} ({', '.join(known)})")
-        if key not in PER_NODE_KEYS:
+        if key not in PER_NODE_SETTINGS:
             raise LabError(f"--node-set {item!r}: {key} is set for the whole cluster; per node only "
-                           f"{', '.join(sorted(PER_NODE_KEYS))}")
+                           f"{', '.join(sorted(PER_NODE_SETTINGS))}")
         grouped.setdefault(node, []).append(assignment)
     return grouped
 
@@ -50,7 +49,9 @@ def write_node_values(paths: LabPaths, values: Values, node_sets: Mapping[str, l
             continue
         merged = values
         for assignment in node_sets[node]:
-            merged = merged.with_set(assignment)
+            # One value, not `--set`'s comma list, which would smuggle in a cluster-wide key.
+            key, _, raw = assignment.partition("=")
+            merged = merged.with_value(key, raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, yaml.safe_dump(merged.as_tree(), sort_keys=False))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ciphermesh.agent.modes import agent_mode
 from ciphermesh.config import Values
@@ -13,6 +13,7 @@ from ciphermesh.keys import generate_line
 from ciphermesh.lab.info import LabError, LabInfo
 from ciphermesh.lab.kube.control_plane import apiserver_port, kube_client, kube_store
 from ciphermesh.lab.kube.install import install_chart
+from ciphermesh.lab.kube.node_configs import ensure_node_configs
 from ciphermesh.lab.kube.relay import ensure_relay, relay_pid
 from ciphermesh.lab.processes import read_pidfile, start_daemon
 from ciphermesh.store.base import Expect
@@ -34,10 +35,11 @@ def kubelet_pid(info: LabInfo) -> int | None:
     return read_pidfile(info.paths.pids / f"{KUBELET}.pid")
 
 
-def kube_up(info: LabInfo, values: Values, progress: Progress, *, installed: bool,
-            timeout: float) -> tuple[list[str], bool]:
+def kube_up(info: LabInfo, values: Values, progress: Progress, *, installed: bool, timeout: float,
+            node_sets: Mapping[str, list[str]]) -> tuple[list[str], bool]:
     """Bring up (or back) what runs beside the control plane; what was (re)started and whether the chart
-    is installed now. Without encryption values nothing is installed, as a Kind cluster comes up."""
+    is installed now. Without encryption values nothing is installed, as a Kind cluster comes up.
+    `node_sets` become CiliumNodeConfigs before the chart starts any agent."""
     paths = info.paths
     restarted = []
     if relay_pid(paths) is None:
@@ -51,6 +53,8 @@ def kube_up(info: LabInfo, values: Values, progress: Progress, *, installed: boo
                      log=paths.logs / f"{KUBELET}.log", marker=paths.marker)
         restarted.append("the lab kubelet")
     wait_nodes(info, timeout)
+    for change in ensure_node_configs(info, node_sets, timeout):
+        progress(change)
     if installed or agent_mode(values) == "disabled":
         return restarted, installed
     if agent_mode(values) == "ipsec":
