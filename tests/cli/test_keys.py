@@ -62,7 +62,7 @@ def test_generate_unknown_algo_is_a_usage_error(capsys: pytest.CaptureFixture[st
         (f"7 rfc4106(gcm(aes)) {G}{G[:32]} 96", "valid: key ID 7, rfc4106(gcm(aes)) AES-256, ICV 96 bits\n"),
         (
             f"1 hmac(sha256) {G[:32]} cbc(aes) {G[:32]}",
-            "valid: key ID 1, hmac(sha256) (16-byte key) with cbc(aes) AES-128, ICV 128 bits\n",
+            "valid: key ID 1, hmac(sha256) (16-byte key) with cbc(aes) AES-128, ICV 96 bits\n",
         ),
     ],
 )

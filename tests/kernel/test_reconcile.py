@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
 from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
 from ciphermesh.datapath.kernel.ipsec.layout import DROP_POLICY, plan_layout
 from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
@@ -77,3 +79,23 @@ def test_stale_objects_of_ours_go_last_and_foreign_ones_stay() -> None:
     assert [r.type for r in plan.removes] == [XFRM_MSG_DELPOLICY, XFRM_MSG_DELSA, XFRM_MSG_DELSA]
     assert all("10.0.3" in r.what for r in plan.removes)
     assert DROP_POLICY in only_b.policies
+
+
+# What Linux 6.1 stores for a state added with XFRMA_ALG_AUTH_TRUNC length 0, as Cilium adds them
+# (measured: `ip xfrm state` shows it); independent of our algorithm table on purpose.
+KERNEL_DEFAULT_TRUNC = {"hmac(sha256)": 96, "hmac(sha512)": 256, "hmac(sha1)": 96}
+
+
+@pytest.mark.parametrize(("auth", "auth_hex"),
+                         [("hmac(sha256)", 32), ("hmac(sha512)", 64), ("hmac(sha1)", 40)])
+def test_an_auth_enc_key_as_the_kernel_dumps_it_is_in_step(auth: str, auth_hex: int) -> None:
+    line = parse_line(f"3+ {auth} {'ab' * (auth_hex // 2)} cbc(aes) {'cd' * 16}")
+    layout = _layout(IPsecPeer(B, (IPv4Network("10.0.2.0/24"),), 3, line, {3: line}))
+    dumped = []
+    for state in layout.states:
+        assert state.auth is not None
+        kernel_auth = replace(state.auth, trunc_bits=KERNEL_DEFAULT_TRUNC[auth])
+        dumped.append(_as_dumped(replace(state, auth=kernel_auth)))
+    assert [s.auth.trunc_bits for s in layout.states if s.auth] == [KERNEL_DEFAULT_TRUNC[auth]] * 2
+    plan = plan_changes(layout, dumped, [replace(p, index=8 + n) for n, p in enumerate(layout.policies)])
+    assert not plan, [r.what for r in plan.adds + plan.removes]

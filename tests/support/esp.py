@@ -12,7 +12,7 @@ TRANSFORMS: dict[str, Callable[[Callable[[int], bytes]], EspCipher]] = {
     "gcm128": lambda key: AesGcmCipher(key(20)),
     "gcm256": lambda key: AesGcmCipher(key(36)),
     "gcm128-icv8": lambda key: AesGcmCipher(key(20), 8),
-    "cbc-sha256": lambda key: CbcHmacCipher(key(16), key(32), "sha256", 16),
+    "cbc-sha256": lambda key: CbcHmacCipher(key(16), key(32), "sha256", 12),
     "cbc-sha512": lambda key: CbcHmacCipher(key(32), key(64), "sha512", 32),
     "cbc-sha1": lambda key: CbcHmacCipher(key(16), key(20), "sha1", 12),
 }

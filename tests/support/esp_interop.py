@@ -7,12 +7,13 @@ from ipaddress import IPv4Address, IPv6Address
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-from scapy.layers.ipsec import ESP, SecurityAssociation
+from scapy.layers.ipsec import AUTH_ALGOS, ESP, AuthAlgo, SecurityAssociation
 from scapy.packet import Packet, Raw
 
 from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.sa import InboundSA, OutboundSA
 from ciphermesh.keys import AeadKey, KeyLine, derive_tunnel_key, parse_line
+from ciphermesh.keys.algorithms import AUTH_ALGORITHMS
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -40,7 +41,7 @@ KEY_LINES: dict[str, str] = {
     "gcm192": f"5+ rfc4106(gcm(aes)) {_hex('gcm192', 28)} 128",
     "gcm128-icv12": f"3+ rfc4106(gcm(aes)) {_hex('gcm128-icv12', 20)} 96",
     "gcm128-icv8": f"3+ rfc4106(gcm(aes)) {_hex('gcm128-icv8', 20)} 64",
-    # Cilium's CLI writes a 16-byte hmac(sha256) key; RFC 4868 says 32.
+    # Cilium's CLI writes a 16-byte hmac(sha256) key; RFC 4868 says 32. Both have the kernel's 96-bit ICV.
     "cbc-sha256": f"3+ hmac(sha256) {_hex('sha256-auth', 16)} cbc(aes) {_hex('sha256-enc', 16)}",
     "cbc-sha256-rfc4868": f"4+ hmac(sha256) {_hex('sha256r-auth', 32)} cbc(aes) {_hex('sha256r-enc', 32)}",
     "cbc-sha512": f"3+ hmac(sha512) {_hex('sha512-auth', 32)} cbc(aes) {_hex('sha512-enc', 16)}",
@@ -76,7 +77,7 @@ def scapy_sa(key: KeyLine, src: IPAddress, dst: IPAddress, *, esn: bool) -> Secu
             tunnel_header=header,
             esn_en=esn,
         )
-    return SecurityAssociation(
+    sa = SecurityAssociation(
         ESP,
         spi=key.key_id,
         crypt_algo="AES-CBC",
@@ -86,6 +87,21 @@ def scapy_sa(key: KeyLine, src: IPAddress, dst: IPAddress, *, esn: bool) -> Secu
         tunnel_header=header,
         esn_en=esn,
     )
+    sa.auth_algo = scapy_auth(m.auth_algo)
+    return sa
+
+
+def scapy_auth(name: str) -> AuthAlgo:
+    """scapy's integrity algorithm for the kernel name, cut to the ICV the kernel (and so Cilium) uses.
+
+    scapy 2.8 knows only RFC 4868's SHA2-256-128; the kernel's default hmac(sha256) truncation is
+    96 bits, so that one is scapy's own HMAC-SHA-256 with a 12-byte ICV (scapy truncates to icv_size).
+    """
+    base = AUTH_ALGOS[SCAPY_AUTH[name]]
+    icv_size = AUTH_ALGORITHMS[name].icv_bits // 8
+    if icv_size == base.icv_size:
+        return base
+    return AuthAlgo(f"{base.name.rsplit('-', 1)[0]}-{icv_size * 8}", base.mac, base.digestmod, icv_size)
 
 
 def inner_packets(version: int = 4, *, reverse: bool = False) -> list[Packet]:

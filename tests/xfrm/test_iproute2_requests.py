@@ -77,13 +77,13 @@ CASES: list[tuple[str, list[str], rq.Request]] = [
     (
         "IPv6 state, cbc(aes) + hmac(sha256), legacy replay window, selector",
         ["xfrm", "state", "add", "src", str(A6), "dst", str(B6), "proto", "esp", "spi", "0x10203",
-         "reqid", "7", "mode", "tunnel", "auth-trunc", "hmac(sha256)", "0x" + bytes(range(32)).hex(), "128",
+         "reqid", "7", "mode", "tunnel", "auth-trunc", "hmac(sha256)", "0x" + bytes(range(32)).hex(), "96",
          "enc", "cbc(aes)", "0x" + bytes(range(16)).hex(), "replay-window", "32",
          "sel", "src", "fd00::/64", "dst", "fd01::/64", "proto", "udp", "sport", "53", "dport", "4789"],
         rq.new_state(
             State(
                 A6, B6, 0x10203, reqid=7, replay_window=32,
-                auth=AuthTrunc("hmac(sha256)", SecretBytes(bytes(range(32))), 128),
+                auth=AuthTrunc("hmac(sha256)", SecretBytes(bytes(range(32))), 96),
                 crypt=Cipher("cbc(aes)", SecretBytes(bytes(range(16)))),
                 selector=Selector(prefix("fd00::/64"), prefix("fd01::/64"), proto=17,
                                   sport=53, sport_mask=0xFFFF, dport=4789, dport_mask=0xFFFF),

@@ -18,6 +18,7 @@ from ciphermesh.esp.ciphers import cipher_for
 from ciphermesh.esp.sa import Decapsulated, InboundSA, OutboundSA
 from ciphermesh.inet import IPV4_HEADER, with_checksum
 from ciphermesh.keys import AeadKey, AuthEncKey, KeyMaterial, generate_line
+from ciphermesh.keys.algorithms import AUTH_ALGORITHMS
 
 DEFAULT_SIZES: tuple[int, ...] = (64, 1400, 8000)
 DEFAULT_ALGOS: tuple[str, ...] = ("rfc4106-gcm-aes", "cbc-aes-sha256")
@@ -28,7 +29,6 @@ _SPI = 3
 _POOL = 1024  # packets decapsulated per fresh inbound SA: each is accepted once, then it is a replay
 _CALIBRATION_NS = 20_000_000
 _ESP_HEADER = struct.Struct("!II")
-_HMAC_ICV_LEN = {"sha1": 12, "sha256": 16, "sha512": 32}
 
 Clock = Callable[[], int]
 # Runs an operation n times and returns the CPU nanoseconds spent in the measured part only.
@@ -211,8 +211,8 @@ def _bare_gcm(material: AeadKey, size: int, clock: Clock, *, decrypt: bool) -> W
 
 def _bare_cbc_hmac(material: AuthEncKey, size: int, clock: Clock, *, decrypt: bool) -> Workload:
     enc_key, auth_key = material.enc_key.reveal(), material.auth_key.reveal()
-    hash_name = material.auth_algo.removeprefix("hmac(").removesuffix(")")
-    icv_len = _HMAC_ICV_LEN[hash_name]
+    auth = AUTH_ALGORITHMS[material.auth_algo]
+    hash_name, icv_len = auth.hash_name, auth.icv_bits // 8
     data = bytes(-(-size // 16) * 16)
     aes = algorithms.AES(enc_key)
     # Long-lived contexts and a pre-keyed HMAC: only the cipher and hash work itself is counted,

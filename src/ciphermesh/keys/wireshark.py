@@ -18,7 +18,8 @@ GCM_NAMES: Mapping[int, str] = MappingProxyType(
 ENC_NAMES: Mapping[str, str] = MappingProxyType({CBC_AES: "AES-CBC [RFC3602]"})
 AUTH_NAMES: Mapping[str, str] = MappingProxyType(
     {
-        HMAC_SHA256: "HMAC-SHA-256-128 [RFC4868]",
+        # The kernel's 96-bit truncation (keys.algorithms), not RFC 4868's 128.
+        HMAC_SHA256: "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]",
         HMAC_SHA512: "HMAC-SHA-512-256 [RFC4868]",
         HMAC_SHA1: "HMAC-SHA-1-96 [RFC2404]",
     }

@@ -35,6 +35,7 @@ from ciphermesh.datapath.kernel.xfrm.model import (
     Template,
 )
 from ciphermesh.keys import AeadKey, KeyLine
+from ciphermesh.keys.algorithms import AUTH_ALGORITHMS
 
 REPLAY_WINDOW = 1024
 CATCH_ALL = Selector(ANY4, ANY4)
@@ -63,8 +64,11 @@ def _state(src: IPv4Address, dst: IPv4Address, spi: int, key: KeyLine, marks_: t
                  mark=mark, output_mark=output_mark)
     if isinstance(material, AeadKey):
         return replace(base, aead=Aead(material.algo, material.key, material.icv_bits))
-    # Cilium sends the auth algorithm as XFRMA_ALG_AUTH_TRUNC with length 0: the kernel's default truncation.
-    return replace(base, auth=AuthTrunc(material.auth_algo, material.auth_key, 0),
+    # Cilium sends XFRMA_ALG_AUTH_TRUNC with length 0 and the kernel stores its default truncation
+    # (96 for hmac(sha256)). We send that default explicitly: the kernel holds the same state as on a
+    # Cilium node, and its dump equals this desired state, so reconcile changes nothing the next time.
+    trunc_bits = AUTH_ALGORITHMS[material.auth_algo].icv_bits
+    return replace(base, auth=AuthTrunc(material.auth_algo, material.auth_key, trunc_bits),
                    crypt=Cipher(material.enc_algo, material.enc_key))
 
 
