@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from scapy.utils import rdpcap
 
 from ciphermesh.keys import AeadKey, parse_line
 from ciphermesh.lab.vm.run import VmResult
+from ciphermesh.lab.wire import analyse_capture
 from ciphermesh.tshark import ESP_FIELDS, EspFrame, esp_options, read_fields, tshark_path
 from tests.support.vm import read, run_script
 
@@ -42,10 +46,26 @@ step() {{
   echo "$name $?" >> "$r/steps.txt"
 }}
 xfrm() {{ for i in 1 2 3; do ip -n {LAB}-node-$i xfrm state > "$r/xfrm-$1-$i.txt"; done; }}
+start_capture() {{
+  ip netns exec {LAB}-underlay tcpdump -n -i br0 -B 65536 -U -w "$r/$1.pcap" $2 2> "$r/$1.err" &
+  for _ in $(seq 600); do grep -q listening "$r/$1.err" && break; sleep 0.1; done
+}}
+# tcpdump stopped by a signal drops what it has not read yet: stop it once it has written a datagram
+# sent after the traffic it is to hold.
+stop_capture() {{
+  ip netns exec {LAB}-node-1 .venv/bin/python -c "
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{CAPTURE_END}', (sys.argv[1], 9))
+" "$ip2"
+  for _ in $(seq 600); do grep -aq {CAPTURE_END} "$r/$1.pcap" && break; sleep 0.1; done
+  kill -INT $2
+  wait $2
+}}
 step up ciphermesh lab up --lab {LAB} --control-plane etcd --nodes 3 \\
   --set encryption.enabled=true --set encryption.type=ipsec --set encryption.ipsec.keyRotationDuration=5s
 ciphermesh status --lab {LAB} -o json > "$r/status.json" 2>&1
 xfrm before
+ciphermesh encryption key show --lab {LAB} --reveal > "$r/key-line.txt" 2>&1
 step client ciphermesh lab pod run client --lab {LAB} --node node-1
 step server ciphermesh lab pod run server --lab {LAB} --node node-2
 ciphermesh lab pod list --lab {LAB} -o json > "$r/pods.json"
@@ -53,25 +73,17 @@ server=$(jq -r '.pods[] | select(.name == "server") | .ip' "$r/pods.json")
 pattern=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')
 echo "$pattern" > "$r/pattern.txt"
 ip2=$(ip -n {LAB}-node-2 -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1)
-ip netns exec {LAB}-underlay tcpdump -n -i br0 -B 65536 -U -w "$r/underlay.pcap" \\
-  udp port 8472 or udp port 9 2> "$r/tcpdump.err" &
+start_capture underlay "udp port 8472 or udp port 9"
 capture=$!
-for _ in $(seq 600); do grep -q listening "$r/tcpdump.err" && break; sleep 0.1; done
 ciphermesh lab pod exec --lab {LAB} client -- ping -n -q -c {PINGS} -i 0.2 -W 2 -p "$pattern" "$server" \\
   > "$r/ping-decrypt.txt" 2>&1
-# tcpdump stopped by a signal drops what it has not read yet: stop it once it has written a datagram
-# sent after the pings.
-ip netns exec {LAB}-node-1 .venv/bin/python -c "
-import socket, sys
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{CAPTURE_END}', (sys.argv[1], 9))
-" "$ip2"
-for _ in $(seq 600); do grep -aq {CAPTURE_END} "$r/underlay.pcap" && break; sleep 0.1; done
-kill -INT $capture
-wait $capture
+stop_capture underlay $capture
 ciphermesh encryption sa list --lab {LAB} -o wireshark --reveal > "$r/sa-wireshark.txt" 2>&1
 ciphermesh encryption sa list --lab {LAB} -o json --reveal > "$r/sa.json" 2>&1
+start_capture changes ""
+changes=$!
 timeout 60 ip netns exec {LAB}-node-1 tcpdump -n -l -i cilium_vxlan -c 2 esp > "$r/esp.txt" 2>/dev/null &
-ciphermesh lab pod exec --lab {LAB} client -- ping -n -q -i 0.02 -c 1000 -W 2 "$server" > "$r/ping.txt" 2>&1 &
+ciphermesh lab pod exec --lab {LAB} client -- ping -n -i 0.02 -c 1000 -W 2 "$server" > "$r/ping.txt" 2>&1 &
 ping=$!
 sleep 3
 step rotate ciphermesh encryption key rotate --lab {LAB}
@@ -83,7 +95,7 @@ for _ in $(seq 120); do
   sleep 1
 done
 xfrm prekill
-ciphermesh lab pod exec --lab {LAB} client -- ping -n -q -i 0.05 -c 300 -W 2 "$server" \
+ciphermesh lab pod exec --lab {LAB} client -- ping -n -i 0.05 -c 300 -W 2 "$server" \
   > "$r/ping-kill.txt" 2>&1 &
 ping=$!
 sleep 2
@@ -93,6 +105,7 @@ step restart ciphermesh lab up --lab {LAB} --control-plane etcd --nodes 3 \
   --set encryption.enabled=true --set encryption.type=ipsec --set encryption.ipsec.keyRotationDuration=5s
 wait $ping
 echo "pingkill $?" >> "$r/steps.txt"
+stop_capture changes $changes
 xfrm postkill
 ciphermesh encryption status --lab {LAB} --node node-1 -o json > "$r/errors-before.json" 2>&1
 router1=$(ip -n {LAB}-node-1 -4 -o addr show dev cilium_host | awk '{{print $4}}' | cut -d/ -f1)
@@ -142,6 +155,25 @@ def test_each_node_holds_cilium_s_states_for_each_peer(guest: VmResult) -> None:
         assert len(set(keys)) == 4, "per-tunnel keys: one per direction and peer"
 
 
+def _derive(line: str, src: dict[str, str], dst: dict[str, str]) -> str:
+    """The hex of the per-tunnel key `encryption key derive` prints for src -> dst."""
+    argv = [sys.executable, "-m", "ciphermesh", "encryption", "key", "derive", "--src", src["routerIP"],
+            "--dst", dst["routerIP"], "--src-boot-id", src["bootID"], "--dst-boot-id", dst["bootID"], "-"]
+    derived = subprocess.run(argv, input=line, capture_output=True, text=True, check=True, timeout=60)
+    return derived.stdout.split()[2]
+
+
+def test_the_kernel_holds_the_per_tunnel_keys_encryption_key_derive_prints(guest: VmResult) -> None:
+    nodes = json.loads(read(guest, "status.json"))["nodes"]
+    line = read(guest, "key-line.txt")
+    assert line.startswith("3+ "), "no key line"
+    for i, node in enumerate(nodes, 1):
+        held = _out_states(read(guest, f"xfrm-before-{i}.txt"))
+        expected = {(src["routerIP"], dst["routerIP"]): f"0x{_derive(line, src, dst)}"
+                    for peer in nodes if peer is not node for src, dst in ((node, peer), (peer, node))}
+        assert {pair: key for pair, (key, _) in held.items()} == expected, node["name"]
+
+
 def test_pods_talk_over_esp_on_cilium_vxlan(guest: VmResult) -> None:
     lines = read(guest, "esp.txt").splitlines()
     assert len(lines) == 2 and all("ESP(spi=0x00000003,seq=" in line for line in lines), lines
@@ -149,7 +181,7 @@ def test_pods_talk_over_esp_on_cilium_vxlan(guest: VmResult) -> None:
 
 def _underlay(guest: VmResult) -> tuple[Path, bytes]:
     pcap, pattern = guest.results / "underlay.pcap", bytes.fromhex(read(guest, "pattern.txt").strip())
-    assert pcap.exists() and len(pattern) == 16, read(guest, "tcpdump.err")
+    assert pcap.exists() and len(pattern) == 16, read(guest, "underlay.err")
     assert f"{PINGS} received" in read(guest, "ping-decrypt.txt"), read(guest, "ping-decrypt.txt")
     return pcap, pattern
 
@@ -190,10 +222,15 @@ def test_scapy_checks_every_esp_tag_and_the_capture_holds_no_plaintext(guest: Vm
     assert pattern not in pcap.read_bytes()
 
 
+def _unanswered(ping_output: str) -> list[str]:
+    """ping's lines but the replies: errors (an ICMP error's sender, a local error) and the summary."""
+    return [line for line in ping_output.splitlines() if "bytes from" not in line]
+
+
 def test_a_rotation_under_50_pings_a_second_loses_none_and_leaves_only_the_new_spi(guest: VmResult) -> None:
     _step(guest, "rotate")
     summary = read(guest, "ping.txt")
-    assert re.search(r"1000 packets transmitted, 1000 received, 0% packet loss", summary), summary
+    assert re.search(r"1000 packets transmitted, 1000 received, 0% packet loss", summary), _unanswered(summary)
     for i in (1, 2, 3):
         listing = read(guest, f"xfrm-after-{i}.txt")
         assert re.findall(r"proto esp spi (0x[0-9a-f]+)", listing) == ["0x00000004"] * 4, listing
@@ -211,10 +248,23 @@ def _out_states(listing: str) -> dict[tuple[str, str], tuple[str, int]]:
     return found
 
 
+def test_no_plaintext_crossed_the_underlay_during_the_rotation_the_kill_and_the_restart(
+        guest: VmResult) -> None:
+    _step(guest, "restart")
+    pcap = guest.results / "changes.pcap"
+    assert pcap.exists(), read(guest, "changes.err")
+    nodes = json.loads(read(guest, "status.json"))["nodes"]
+    cidrs = [IPv4Network(cidr) for node in nodes for cidr in node["podCIDRs"]]
+    report = analyse_capture(pcap.read_bytes(), cidrs, node_ips=[node["nodeIP"] for node in nodes])
+    assert report.plaintext_count == 0, report.plaintext_samples
+    # Both keys carried the 1,300 pings of those steps, each way.
+    assert report.esp_by_spi[3] > 0 and report.esp_by_spi[4] > 0 and report.esp >= 2 * 1300, report.esp_by_spi
+
+
 def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_the_states(guest: VmResult) -> None:
     _step(guest, "restart")
     summary = read(guest, "ping-kill.txt")
-    assert re.search(r"300 packets transmitted, 300 received, 0% packet loss", summary), summary
+    assert re.search(r"300 packets transmitted, 300 received, 0% packet loss", summary), _unanswered(summary)
     before, after = (_out_states(read(guest, f"xfrm-{when}-1.txt")) for when in ("prekill", "postkill"))
     assert before and before.keys() == after.keys()
     for pair, (key, seq) in before.items():
