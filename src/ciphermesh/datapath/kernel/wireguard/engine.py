@@ -6,6 +6,7 @@ adopts the link: the same private key and port change nothing, and a reconcile t
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pyroute2 import IPRoute, WireGuard
@@ -42,6 +43,9 @@ class KernelWireGuard:
         self._ifname = ifname
         self._ipr = IPRoute()
         self._wg = WireGuard()
+        # The agent asks for status from its status-socket thread while its loop applies: one netlink
+        # conversation at a time on these sockets.
+        self._lock = threading.Lock()
         try:
             self._ensure_device()
         except BaseException:
@@ -69,21 +73,25 @@ class KernelWireGuard:
             return read_device(self._wg.info(self._ifname))
 
     def apply(self, desired: DesiredDatapath) -> None:
-        if not self._ipr.link_lookup(ifname=self._ifname):
-            self._ensure_device()  # deleted by hand: back as it was, then the peers
-        current = self._read()
-        for request in plan_peers(current.peers, desired.wireguard_peers):
-            with netlink_op(_peer_what(request)):
-                self._wg.set(self._ifname, peer=request)
+        with self._lock:
+            if not self._ipr.link_lookup(ifname=self._ifname):
+                self._ensure_device()  # deleted by hand: back as it was, then the peers
+            current = self._read()
+            for request in plan_peers(current.peers, desired.wireguard_peers):
+                with netlink_op(_peer_what(request)):
+                    self._wg.set(self._ifname, peer=request)
 
     def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
         """The kernel's view of cilium_wg0; None if the link is gone. There is no key to reveal."""
         try:
-            return device_status(self._read())
+            with self._lock:
+                device = self._read()
         except (DatapathError, NetlinkError):
             return None
+        return device_status(device)
 
     def close(self) -> None:
         """Close the sockets only: the kernel goes on encrypting through cilium_wg0 (Cilium leaves it too)."""
-        self._wg.close()
-        self._ipr.close()
+        with self._lock:
+            self._wg.close()
+            self._ipr.close()
