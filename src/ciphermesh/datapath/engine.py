@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol, get_args
 
 from ciphermesh.datapath.desired import DesiredDatapath
-from ciphermesh.rtnl.errors import DatapathError
 
 # Where the encryption runs: in this process behind a TUN device, or in the kernel (issue 13).
 EngineKind = Literal["userspace", "kernel"]
 ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 EncryptedMode = Literal["ipsec", "wireguard"]
-
-
-class EngineNotBuiltError(DatapathError):
-    """An engine kind this build does not have yet."""
 
 
 class Engine(Protocol):
@@ -43,5 +38,6 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop the engine. A userspace engine removes its device, so traffic to its peers meets the
-        fail-closed routes; the kernel engine leaves its SAs encrypting, as Cilium's agent does."""
+        fail-closed routes; a kernel engine leaves its SAs or cilium_wg0 encrypting, as Cilium's agent
+        does."""
         ...

@@ -7,10 +7,10 @@ from ciphermesh.datapath.engine import (
     EncryptedMode,
     Engine,
     EngineKind,
-    EngineNotBuiltError,
 )
 from ciphermesh.datapath.engines import open_engine
 from ciphermesh.datapath.kernel.ipsec.engine import kernel_boot_id
+from ciphermesh.datapath.kernel.wireguard.probe import WireGuardProbe, probe_kernel_wireguard
 from ciphermesh.datapath.kernel.xfrm.probe import EspProbe, probe_kernel_esp
 from ciphermesh.datapath.mtu import ETHERNET_MTU, Mtus, plan_mtus
 from ciphermesh.datapath.netlink.links import CILIUM_VXLAN, UNDERLAY_DEVICE, VXLAN_PORT, router_ip
@@ -28,15 +28,16 @@ __all__ = [
     "EncryptedMode",
     "Engine",
     "EngineKind",
-    "EngineNotBuiltError",
     "EspProbe",
     "Mtus",
     "NodeDatapath",
     "PodCIDRConflictError",
     "StrictGuard",
+    "WireGuardProbe",
     "kernel_boot_id",
     "open_engine",
     "plan_mtus",
     "probe_kernel_esp",
+    "probe_kernel_wireguard",
     "router_ip",
 ]

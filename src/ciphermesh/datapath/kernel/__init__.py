@@ -1,1 +1,1 @@
-"""The kernel engine (issue 13): XFRM over netlink in `xfrm`; the engine and kernel WireGuard are to come."""
+"""The kernel engines (issue 13): XFRM over netlink in `xfrm`, IPsec in `ipsec`, WireGuard in `wireguard`."""
