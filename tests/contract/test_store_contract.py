@@ -339,6 +339,28 @@ def test_a_restarted_agent_keeps_its_pod_cidr(store: Store) -> None:
         new.close()
 
 
+def test_a_restarted_agent_s_record_keeps_what_its_peers_route_by_until_it_updates_it(store: Store) -> None:
+    old = store.register_node(_node("node-1"))
+    node = store.get_node("node-1")
+    assert node is not None and store.assign_pod_cidr(node, "10.0.7.0/24") is not None
+    old.update(lambda n: replace(n, router_ip="10.0.7.1", health_endpoint="10.0.7.1:4240", key_id=3,
+                                 encryption={"mode": "ipsec"}, agent="ready"))
+    old.close(revoke=False)  # SIGKILL: the record stays until its lease runs out
+    new = store.register_node(_node("node-1", boot_id="boot-again"))
+    try:
+        stored = store.get_node("node-1")
+        assert stored is not None
+        # Peers must not see the node leave while its agent starts again (its kernel SAs still carry).
+        kept = stored.value
+        assert (kept.router_ip, kept.health_endpoint, kept.key_id, dict(kept.encryption)) == (
+            "10.0.7.1", "10.0.7.1:4240", 3, {"mode": "ipsec"})
+        assert (kept.boot_id, kept.agent) == ("boot-again", "starting")  # the new registration's own
+        updated = new.update(lambda n: replace(n, key_id=4))
+        assert updated.key_id == 4 and updated.router_ip == "10.0.7.1"
+    finally:
+        new.close()
+
+
 def test_waiting_for_a_pod_cidr_says_why_it_did_not_come(store: Store) -> None:
     registration = store.register_node(_node("node-3"))
     try:

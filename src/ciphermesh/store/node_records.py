@@ -1,10 +1,12 @@
-"""What every backend does alike with node records: check a mutation, wait for the pod CIDRs."""
+"""What every backend does alike with node records: carry a re-registration over, check a mutation, wait
+for the pod CIDRs."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from ciphermesh.store.base import StoreEvent
 from ciphermesh.store.errors import PodCIDRTimeoutError, StoreError
@@ -12,6 +14,21 @@ from ciphermesh.store.model import Node
 from ciphermesh.store.stream import EventStream
 
 _POLL = 0.5
+
+
+def carried_over(node: Node, stored: Node) -> Node:
+    """A registration over the record its node already has (an agent restarted before its lease ran
+    out): what `node` leaves unset keeps the stored value until the agent updates it. Peers then keep the
+    node, its router IP and key while it starts again; a restart must not look like the node leaving (a
+    CiliumNode outlives its agent the same way). The pod CIDRs are the operator's: they always stay."""
+    return replace(
+        node,
+        pod_cidrs=node.pod_cidrs or stored.pod_cidrs,
+        router_ip=node.router_ip or stored.router_ip,
+        health_endpoint=node.health_endpoint or stored.health_endpoint,
+        key_id=node.key_id if node.key_id is not None else stored.key_id,
+        encryption=node.encryption or stored.encryption,
+    )
 
 
 def checked_mutation(mutate: Callable[[Node], Node], node: Node) -> Node:

@@ -15,7 +15,7 @@ from ciphermesh.store.etcd.leases import LeaseKeeper
 from ciphermesh.store.etcd.messages import Get, LeaseNotFoundError, Put, key_missing, mod_revision_is
 from ciphermesh.store.etcd.records import KeyLayout, parse_kv, store_errors
 from ciphermesh.store.model import Node, OperatorRecord
-from ciphermesh.store.node_records import checked_mutation, wait_for_pod_cidrs
+from ciphermesh.store.node_records import carried_over, checked_mutation, wait_for_pod_cidrs
 from ciphermesh.store.stream import EventStream
 
 _CAS_ATTEMPTS = 50
@@ -64,14 +64,13 @@ class EtcdNodeRegistration:
         return self._keeper.last_error
 
     def _publish(self, lease: int) -> None:
-        """Write our record under `lease`, keeping a pod CIDR the store already has for this node."""
+        """Write our record under `lease`, over what the store already has for this node (`carried_over`)."""
         for _ in range(_CAS_ATTEMPTS):
             kv = self._client.get(self._key)
             node = self._node
-            if kv is not None and not node.pod_cidrs:
-                stored = parse_kv(kv, Node.from_json)
-                if stored is not None and stored.pod_cidrs:
-                    node = replace(node, pod_cidrs=stored.pod_cidrs)
+            stored = parse_kv(kv, Node.from_json) if kv is not None else None
+            if stored is not None:
+                node = carried_over(node, stored)
             compare = key_missing(self._key) if kv is None else mod_revision_is(self._key, kv.mod_revision)
             if self._client.txn([compare], [Put(self._key, node.to_json().encode(), lease)]).succeeded:
                 self._node = node

@@ -33,7 +33,7 @@ from ciphermesh.store.kubernetes.objects import (
     now,
 )
 from ciphermesh.store.model import Node, OperatorRecord
-from ciphermesh.store.node_records import checked_mutation, wait_for_pod_cidrs
+from ciphermesh.store.node_records import carried_over, checked_mutation, wait_for_pod_cidrs
 from ciphermesh.store.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -196,13 +196,13 @@ class KubeNodeRegistration:
         log.warning("node %s: its record had lapsed or was deleted; publishing it again", self.name)
 
     def _publish(self) -> None:
-        """Write our CiliumNode, keeping pod CIDRs the cluster already has for this node."""
+        """Write our CiliumNode over what the cluster already has for this node (`carried_over`)."""
         for _ in range(_CAS_ATTEMPTS):
             stored = get_or_none(self._api, self._path)
             node = self._node
-            if stored is not None and not node.pod_cidrs:
+            if stored is not None:
                 with contextlib.suppress(StoreError):
-                    node = replace(node, pod_cidrs=node_of(stored).pod_cidrs)
+                    node = carried_over(node, node_of(stored))
             body = cilium_node(node, stored)
             owner = self._owner_reference()
             if owner is not None:
