@@ -8,6 +8,7 @@ reconcile changes only what differs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -56,6 +57,9 @@ class KernelIPsec:
         self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._ipr = IPRoute()
         self._xfrm = XfrmSocket()
+        # The agent's status thread asks while its main loop applies: one netlink conversation at a time
+        # on the socket, or a dump's replies interleave with a change's acknowledgements.
+        self._lock = threading.Lock()
         self._node_ids: NodeIDs | None = None
         self._applied: IPsecEngineState | None = None
         # What table 200 and nftables were last given: with 1000 peers dumping 1000 routes to find them
@@ -77,6 +81,10 @@ class KernelIPsec:
         engine = desired.engine
         if engine is None:
             raise ValueError(f"the IPsec engine cannot apply a {desired.mode} datapath (no IPsec state)")
+        with self._lock:
+            self._apply(engine)
+
+    def _apply(self, engine: IPsecEngineState) -> None:
         states, policies = self._xfrm.states(), self._xfrm.policies()
         if self._node_ids is None:
             self._node_ids = NodeIDs(restored_node_ids(states, engine.local_router_ip))
@@ -98,14 +106,16 @@ class KernelIPsec:
         self._applied = engine
 
     def status(self, *, reveal: bool = False) -> dict[str, Any] | None:
-        return {"engine": self.kind, **kernel_status(self._applied, self._xfrm.states(), read_xfrm_stat(),
-                                                      reveal=reveal)}
+        with self._lock:
+            states = self._xfrm.states()
+        return {"engine": self.kind, **kernel_status(self._applied, states, read_xfrm_stat(), reveal=reveal)}
 
     def close(self) -> None:
         """Close the socket only: the kernel goes on encrypting with the SAs (Cilium leaves them too)."""
         if self._netns < 0:
             return
-        self._xfrm.close()
+        with self._lock:
+            self._xfrm.close()
         self._ipr.close()
         os.close(self._netns)
         self._netns = -1
