@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(RUN_TIMEOUT 
 
 LAB = "vmk"
 PINGS = 5
-ACROSS = 1200
+DEAD_PINGS, AFTER_PINGS = 80, 40
 FORGED, FORGED_SPI = 5, 0x7FFF
 CAPTURE_END = "cm-capture-end"
 SCRIPT = f"""
@@ -96,21 +96,20 @@ for _ in $(seq 120); do
   sleep 1
 done
 xfrm prekill
-# A minute of pings across the kill, the dead agent and its restart.
-ip netns exec {LAB}-pod-client ping -n -i 0.05 -c {ACROSS} -W 2 "$server" > "$r/ping-kill.txt" 2>&1 &
-ping=$!
-sleep 2
+router1=$(ip -n {LAB}-node-1 -4 -o addr show dev cilium_host | awk '{{print $4}}' | cut -d/ -f1)
 kill -9 "$(cut -d' ' -f1 /run/ciphermesh/labs/{LAB}/pids/agent-node-1.pid)"
 echo "kill $?" >> "$r/steps.txt"
-sleep 5
+# Straight into the pod's namespace (the CLI starts slowly here), well inside the node's 10 s lease.
+ip netns exec {LAB}-pod-client ping -n -i 0.05 -c {DEAD_PINGS} -W 2 "$server" > "$r/ping-dead.txt" 2>&1
+# Past its lease its peers drop it: wait until node-2 holds no SA to node-1, then bring the agent back.
+for _ in $(seq 600); do ip -n {LAB}-node-2 xfrm state | grep -q "dst $router1\\$" || break; sleep 0.5; done
+ip -n {LAB}-node-2 xfrm state > "$r/xfrm-lapsed-2.txt"
 step restart ciphermesh lab up --lab {LAB} --control-plane etcd --nodes 3 \
   --set encryption.enabled=true --set encryption.type=ipsec --set encryption.ipsec.keyRotationDuration=5s
-wait $ping
-echo "pingkill $?" >> "$r/steps.txt"
+ip netns exec {LAB}-pod-client ping -n -i 0.05 -c {AFTER_PINGS} -W 2 "$server" > "$r/ping-after.txt" 2>&1
 stop_capture changes $changes
 xfrm postkill
 ciphermesh encryption status --lab {LAB} --node node-1 -o json > "$r/errors-before.json" 2>&1
-router1=$(ip -n {LAB}-node-1 -4 -o addr show dev cilium_host | awk '{{print $4}}' | cut -d/ -f1)
 mac1=$(ip netns exec {LAB}-node-1 cat /sys/class/net/eth0/address)
 ip netns exec {LAB}-node-2 .venv/bin/python -c "
 import sys
@@ -261,23 +260,57 @@ def test_no_plaintext_crossed_the_underlay_during_the_rotation_the_kill_and_the_
     report = analyse_capture(pcap.read_bytes(), cidrs, node_ips=[node["nodeIP"] for node in nodes])
     assert report.plaintext_count == 0, report.plaintext_samples
     # Both keys carried the pings of those steps, each way.
-    assert report.esp_by_spi[3] > 0 and report.esp_by_spi[4] > 0 and report.esp >= 2 * (1000 + ACROSS), \
+    assert report.esp_by_spi[3] > 0 and report.esp_by_spi[4] > 0 and report.esp >= 2 * 1000, \
         report.esp_by_spi
 
 
-def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_the_states(guest: VmResult) -> None:
-    _step(guest, "restart")
+def test_a_sigkilled_agent_s_sas_carry_traffic_while_it_is_dead(guest: VmResult) -> None:
     _step(guest, "kill")
-    assert "restarted the agent of node-1" in read(guest, "restart.out"), read(guest, "restart.out")
-    summary = read(guest, "ping-kill.txt")
-    assert re.search(rf"{ACROSS} packets transmitted, {ACROSS} received, 0% packet loss", summary), \
+    summary = read(guest, "ping-dead.txt")
+    assert re.search(rf"{DEAD_PINGS} packets transmitted, {DEAD_PINGS} received, 0% packet loss", summary), \
         _unanswered(summary)
+
+
+def test_its_restart_adopts_the_kernel_s_states(guest: VmResult) -> None:
+    _step(guest, "restart")
+    assert "restarted the agent of node-1" in read(guest, "restart.out"), read(guest, "restart.out")
     before, after = (_out_states(read(guest, f"xfrm-{when}-1.txt")) for when in ("prekill", "postkill"))
     assert before and before.keys() == after.keys()
     for pair, (key, seq) in before.items():
         # The same SA, not a new one: its key stayed and its sequence numbers (the IVs) carried on.
         assert after[pair][0] == key and after[pair][1] >= seq, pair
-    assert any(after[pair][1] > seq for pair, (_, seq) in before.items())
+
+
+def _sequence_restarts(pcap: Path) -> list[tuple[str, str, int, int, int]]:
+    """(src, dst, SPI, last, next) wherever an ESP flow's sequence number went backwards on the wire."""
+    last: dict[tuple[str, str, int], int] = {}
+    restarts = []
+    for frame in rdpcap(str(pcap)):
+        if ESP in frame:
+            outer, seq = frame[ESP].underlayer, int(frame[ESP].seq)
+            flow = (str(outer.src), str(outer.dst), int(frame[ESP].spi))
+            if flow in last and seq <= last[flow]:
+                restarts.append((*flow, last[flow], seq))
+            last[flow] = max(seq, last.get(flow, 0))
+    return restarts
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: a kernel-engine peer that dropped a node whose lease lapsed re-creates its SAs with the "
+    "same per-tunnel key (the boot IDs did not change) and sequence numbers from 1: (key, IV) repeats and "
+    "the node's kept IN state drops the replies as replays until the next rotation"))
+def test_peers_that_dropped_it_take_it_back_without_repeating_a_key_and_sequence(guest: VmResult) -> None:
+    lapsed = read(guest, "xfrm-lapsed-2.txt")
+    assert not re.search(rf"dst {re.escape(_router_ip(guest, 'node-1'))}$", lapsed, re.M), "no lapse"
+    assert not _sequence_restarts(guest.results / "changes.pcap")
+    summary = read(guest, "ping-after.txt")
+    assert re.search(rf"{AFTER_PINGS} packets transmitted, {AFTER_PINGS} received", summary), \
+        _unanswered(summary)
+
+
+def _router_ip(guest: VmResult, node: str) -> str:
+    nodes = json.loads(read(guest, "status.json"))["nodes"]
+    return str(next(n["routerIP"] for n in nodes if n["name"] == node))
 
 
 def test_the_kernel_s_xfrm_errors_show_in_encryption_status_under_their_names(guest: VmResult) -> None:

@@ -23,7 +23,6 @@ from tests.support.vm import read, run_script
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(1800)]
 
 LAB, MIXED = "vmw", "vmx"
-ACROSS = 1200
 ENCRYPTION = ("--set encryption.enabled=true --set encryption.type=wireguard "
               "--set encryption.nodeEncryption=true --set encryption.strictMode.enabled=true")
 SCRIPT = f"""
@@ -45,9 +44,6 @@ step server ciphermesh lab pod run server --lab {LAB} --node node-2
 ciphermesh lab pod list --lab {LAB} -o json > "$r/pods.json"
 server=$(jq -r '.pods[] | select(.name == "server") | .ip' "$r/pods.json")
 wg1 public-key > "$r/key-before.txt"
-# A minute of pings across the kill, the dead agent and its restart.
-ip netns exec {LAB}-pod-client ping -n -q -i 0.05 -c {ACROSS} -W 2 "$server" > "$r/ping-across.txt" 2>&1 &
-across=$!
 step kill kill -9 "$(cut -d' ' -f1 /run/ciphermesh/labs/{LAB}/pids/agent-node-1.pid)"
 wg1 transfer > "$r/transfer-before.txt"
 # Straight into the pod's namespace (the CLI starts slowly here): 5 s of pings with the agent dead.
@@ -57,8 +53,6 @@ step restart up
 ciphermesh status --lab {LAB} -o json > "$r/status-after.json" 2>&1
 wg1 public-key > "$r/key-after.txt"; wg1 transfer > "$r/transfer-after.txt"
 ip netns exec {LAB}-pod-client ping -n -q -i 0.05 -c 20 -W 2 "$server" > "$r/ping-after.txt" 2>&1
-wait $across
-echo "across $?" >> "$r/steps.txt"
 step down ciphermesh lab down --lab {LAB}
 step mixed-up ciphermesh lab up --lab {MIXED} --control-plane etcd --nodes 3 {ENCRYPTION} \\
   --node-set node-3:encryption.engine=userspace
@@ -121,10 +115,6 @@ def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_cilium_
     assert re.search(r"100 packets transmitted, 100 received, 0% packet loss", summary), summary
     summary = read(guest, "ping-after.txt")
     assert re.search(r"20 packets transmitted, 20 received, 0% packet loss", summary), summary
-    # Its peers kept it while it started again (the store keeps its published record): nothing lost.
-    _step(guest, "across")
-    summary = read(guest, "ping-across.txt")
-    assert re.search(rf"{ACROSS} packets transmitted, {ACROSS} received, 0% packet loss", summary), summary
     assert _engines(guest, "status-after.json") == ["kernel"] * 3
     key = read(guest, "key-before.txt").strip()
     assert key and read(guest, "key-after.txt").strip() == key
