@@ -123,7 +123,9 @@ def _tshark(pcap: Path, entry: str) -> list[str]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().split("\t")
+    # One line, a field per tab: an empty field stays a field (ip.dst is empty for IPv6, esp.icv_good when
+    # tshark gave up on the payload before its ICV check).
+    return result.stdout.rstrip("\n").split("\t")
 
 
 @pytest.mark.interop
@@ -147,8 +149,9 @@ def test_tshark_decrypts_with_the_entry(
     spi, icv_good, inner_dst = _tshark(pcap, esp_sa_entry(derived, src, dst))
     assert (spi, icv_good) == ("0x00000005", "1")
     assert "10.9.0.2" in inner_dst.split(",")
-    # The underived secret key is the wrong key for this tunnel: tshark must not authenticate it.
-    assert _tshark(pcap, esp_sa_entry(secret, src, dst))[1] == "0"
+    # The underived secret key is the wrong key for this tunnel: tshark must not authenticate it. Its
+    # garbage "decryption" sometimes ends tshark's parse before the ICV check (no esp.icv_good at all).
+    assert _tshark(pcap, esp_sa_entry(secret, src, dst))[1] in ("0", "")
 
 
 @pytest.mark.interop
