@@ -11,6 +11,18 @@ from ciphermesh.lab.vm.errors import VmUnavailableError
 from ciphermesh.lab.vm.run import VmOptions, VmResult, run_in_vm
 
 REPO = Path(__file__).resolve().parents[2]
+# The start of every VM test script: `step NAME CMD...` runs CMD with its output in $r/NAME.out, and
+# `mark NAME RC` records something run another way; both append `NAME RC SECONDS` to $r/steps.txt.
+STEPS_SH = r"""
+r=$CIPHERMESH_VM_RESULTS
+step() {
+  name=$1; shift
+  start=$(date +%s.%N)
+  "$@" > "$r/$name.out" 2>&1
+  echo "$name $? $(echo "$(date +%s.%N) - $start" | bc)" >> "$r/steps.txt"
+}
+mark() { echo "$1 $2 0" >> "$r/steps.txt"; }
+"""
 
 
 def run_script(script: str, results: Path, *, memory: str = "2G", timeout: float = 600.0) -> VmResult:
@@ -28,3 +40,16 @@ def read(result: VmResult, name: str) -> str:
     """A file the guest wrote into the results directory ('' if it wrote none)."""
     path = result.results / name
     return path.read_text() if path.exists() else ""
+
+
+def steps(result: VmResult) -> dict[str, tuple[int, float]]:
+    """What STEPS_SH recorded: step name -> (exit status, seconds)."""
+    rows = (line.split() for line in read(result, "steps.txt").splitlines())
+    return {row[0]: (int(row[1]), float(row[2])) for row in rows if len(row) == 3}
+
+
+def check_step(result: VmResult, name: str, output: str | None = None) -> None:
+    """Fail, quoting the step's output (`output`, or NAME.out), unless the step ran and exited 0."""
+    recorded = steps(result)
+    assert recorded.get(name, (None,))[0] == 0, \
+        f"{name}: {read(result, output or f'{name}.out')} (steps: {recorded})"

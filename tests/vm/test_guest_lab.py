@@ -11,19 +11,11 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.lab.vm.run import VmResult
-from tests.support.vm import read, run_script
+from tests.support.vm import STEPS_SH, read, run_script, steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
-# Each step's exit status and seconds, as `name rc seconds` lines in steps.txt.
-SCRIPT = """
-r=$CIPHERMESH_VM_RESULTS
-step() {
-  name=$1; shift
-  start=$(date +%s.%N)
-  "$@" > "$r/$name.out" 2>&1
-  echo "$name $? $(echo "$(date +%s.%N) - $start" | bc)" >> "$r/steps.txt"
-}
+SCRIPT = STEPS_SH + """
 python -c 'from ciphermesh.lab import pace; print(pace.factor())' > $r/pace.txt
 step up ciphermesh lab up --lab vmlab --control-plane etcd --nodes 3 \
   --set encryption.enabled=true --set encryption.type=ipsec --node-set node-3:encryption.engine=userspace
@@ -41,17 +33,12 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> VmResult:
     return result
 
 
-def _steps(guest: VmResult) -> dict[str, tuple[int, float]]:
-    rows = (line.split() for line in read(guest, "steps.txt").splitlines())
-    return {name: (int(rc), float(seconds)) for name, rc, seconds in rows}
-
-
 def test_the_lab_comes_up_in_the_slow_guest_and_every_pair_connects(guest: VmResult) -> None:
-    steps = _steps(guest)
-    timings = f"boot {guest.boot_seconds} s, pace {read(guest, 'pace.txt').strip()}, steps {steps}"
+    recorded = steps(guest)
+    timings = f"boot {guest.boot_seconds} s, pace {read(guest, 'pace.txt').strip()}, steps {recorded}"
     print(timings)
     for name in ("up", "connectivity", "down"):
-        assert steps.get(name, (None,))[0] == 0, f"{name}: {read(guest, f'{name}.out')} ({timings})"
+        assert recorded.get(name, (None,))[0] == 0, f"{name}: {read(guest, f'{name}.out')} ({timings})"
     assert "lab vmlab is up: 3 nodes" in read(guest, "up.out")
     assert "All 36 tests passed" in read(guest, "connectivity.out"), read(guest, "connectivity.out")
 

@@ -28,7 +28,7 @@ from ciphermesh.keys import AeadKey, parse_line
 from ciphermesh.lab.vm.run import VmResult
 from ciphermesh.lab.wire import analyse_capture
 from ciphermesh.tshark import ESP_FIELDS, EspFrame, esp_options, read_fields, tshark_path
-from tests.support.vm import read, run_script
+from tests.support.vm import STEPS_SH, check_step, read, run_script
 
 # About 4 minutes on an idle 2-core machine; under TCG everything stretches with the host's load.
 RUN_TIMEOUT = 1500.0
@@ -39,13 +39,7 @@ PINGS = 5
 DEAD_PINGS, AFTER_PINGS = 80, 40
 FORGED, FORGED_SPI = 5, 0x7FFF
 CAPTURE_END = "cm-capture-end"
-SCRIPT = f"""
-r=$CIPHERMESH_VM_RESULTS
-step() {{
-  name=$1; shift
-  "$@" > "$r/$name.out" 2>&1
-  echo "$name $?" >> "$r/steps.txt"
-}}
+SCRIPT = f"""{STEPS_SH}
 xfrm() {{ for i in 1 2 3; do ip -n {LAB}-node-$i xfrm state > "$r/xfrm-$1-$i.txt"; done; }}
 start_capture() {{
   ip netns exec {LAB}-underlay tcpdump -n -i br0 -B 65536 -U -w "$r/$1.pcap" $2 2> "$r/$1.err" &
@@ -89,7 +83,7 @@ ping=$!
 sleep 3
 step rotate ciphermesh encryption key rotate --lab {LAB}
 wait $ping
-echo "ping $?" >> "$r/steps.txt"
+mark ping $?
 for _ in $(seq 120); do
   xfrm after
   grep -q "spi 0x00000003" "$r"/xfrm-after-*.txt || break
@@ -98,7 +92,7 @@ done
 xfrm prekill
 router1=$(ip -n {LAB}-node-1 -4 -o addr show dev cilium_host | awk '{{print $4}}' | cut -d/ -f1)
 kill -9 "$(cut -d' ' -f1 /run/ciphermesh/labs/{LAB}/pids/agent-node-1.pid)"
-echo "kill $?" >> "$r/steps.txt"
+mark kill $?
 # Straight into the pod's namespace (the CLI starts slowly here), well inside the node's 10 s lease.
 ip netns exec {LAB}-pod-client ping -n -i 0.05 -c {DEAD_PINGS} -W 2 "$server" > "$r/ping-dead.txt" 2>&1
 # Past its lease its peers drop it: wait until node-2 holds no SA to node-1, then bring the agent back.
@@ -117,7 +111,7 @@ from scapy.all import ESP, IP, Ether, Raw, sendp
 sendp(Ether(dst=sys.argv[1]) / IP(src=sys.argv[2], dst=sys.argv[3]) / ESP(spi={FORGED_SPI}, seq=1)
       / Raw(bytes(48)), iface='eth0', count={FORGED}, verbose=False)
 " "$mac1" "$ip2" "$router1" > "$r/forge.out" 2>&1
-echo "forge $?" >> "$r/steps.txt"
+mark forge $?
 ciphermesh encryption status --lab {LAB} --node node-1 -o json > "$r/errors-after.json" 2>&1
 ciphermesh encryption status --lab {LAB} > "$r/encryption-status.txt" 2>&1
 step connectivity ciphermesh connectivity test --lab {LAB}
@@ -133,13 +127,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> VmResult:
     return result
 
 
-def _step(guest: VmResult, name: str) -> None:
-    rows = dict(line.split() for line in read(guest, "steps.txt").splitlines())
-    assert rows.get(name) == "0", f"{name}: {read(guest, f'{name}.out') or read(guest, 'ping.txt')}"
-
-
 def test_every_node_chose_the_kernel_engine(guest: VmResult) -> None:
-    _step(guest, "up")
+    check_step(guest, "up")
     nodes = json.loads(read(guest, "status.json"))["nodes"]
     assert [n["encryption"]["engine"] for n in nodes] == ["kernel"] * 3, read(guest, "status.json")
     assert all("kernel ESP works" in n["engineReason"] for n in nodes), read(guest, "status.json")
@@ -229,7 +218,7 @@ def _unanswered(ping_output: str) -> list[str]:
 
 
 def test_a_rotation_under_50_pings_a_second_loses_none_and_leaves_only_the_new_spi(guest: VmResult) -> None:
-    _step(guest, "rotate")
+    check_step(guest, "rotate")
     summary = read(guest, "ping.txt")
     assert re.search(r"1000 packets transmitted, 1000 received, 0% packet loss", summary), \
         _unanswered(summary)
@@ -252,7 +241,7 @@ def _out_states(listing: str) -> dict[tuple[str, str], tuple[str, int]]:
 
 def test_no_plaintext_crossed_the_underlay_during_the_rotation_the_kill_and_the_restart(
         guest: VmResult) -> None:
-    _step(guest, "restart")
+    check_step(guest, "restart")
     pcap = guest.results / "changes.pcap"
     assert pcap.exists(), read(guest, "changes.err")
     nodes = json.loads(read(guest, "status.json"))["nodes"]
@@ -265,14 +254,14 @@ def test_no_plaintext_crossed_the_underlay_during_the_rotation_the_kill_and_the_
 
 
 def test_a_sigkilled_agent_s_sas_carry_traffic_while_it_is_dead(guest: VmResult) -> None:
-    _step(guest, "kill")
+    check_step(guest, "kill")
     summary = read(guest, "ping-dead.txt")
     assert re.search(rf"{DEAD_PINGS} packets transmitted, {DEAD_PINGS} received, 0% packet loss", summary), \
         _unanswered(summary)
 
 
 def test_its_restart_adopts_the_kernel_s_states(guest: VmResult) -> None:
-    _step(guest, "restart")
+    check_step(guest, "restart")
     assert "restarted the agent of node-1" in read(guest, "restart.out"), read(guest, "restart.out")
     before, after = (_out_states(read(guest, f"xfrm-{when}-1.txt")) for when in ("prekill", "postkill"))
     assert before and before.keys() == after.keys()
@@ -314,7 +303,7 @@ def _router_ip(guest: VmResult, node: str) -> str:
 
 
 def test_the_kernel_s_xfrm_errors_show_in_encryption_status_under_their_names(guest: VmResult) -> None:
-    _step(guest, "forge")
+    check_step(guest, "forge")
     before, after = (json.loads(read(guest, name))["nodes"][0] for name in ("errors-before.json",
                                                                             "errors-after.json"))
     # ESP for an SPI no state holds: the kernel drops and counts it; the agent reports the kernel's count.
@@ -326,8 +315,8 @@ def test_the_kernel_s_xfrm_errors_show_in_encryption_status_under_their_names(gu
 
 
 def test_connectivity_test_passes_on_kernel_nodes(guest: VmResult) -> None:
-    _step(guest, "connectivity")
+    check_step(guest, "connectivity")
     output = read(guest, "connectivity.out")
     assert "All 36 tests passed" in output, output
     assert re.search(r"plaintext between pods: 0\b", output), output
-    _step(guest, "down")
+    check_step(guest, "down")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ciphermesh.lab.vm.run import VmResult
-from tests.support.vm import read, run_script
+from tests.support.vm import STEPS_SH, check_step, read, run_script
 
 # Two labs in one guest boot: 10 to 11 minutes under TCG here.
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(1800)]
@@ -25,13 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(1800)]
 LAB, MIXED = "vmw", "vmx"
 ENCRYPTION = ("--set encryption.enabled=true --set encryption.type=wireguard "
               "--set encryption.nodeEncryption=true --set encryption.strictMode.enabled=true")
-SCRIPT = f"""
-r=$CIPHERMESH_VM_RESULTS
-step() {{
-  name=$1; shift
-  "$@" > "$r/$name.out" 2>&1
-  echo "$name $? $(date +%s)" >> "$r/steps.txt"
-}}
+SCRIPT = f"""{STEPS_SH}
 wg1() {{ ip netns exec {LAB}-node-1 wg show cilium_wg0 "$@"; }}
 up() {{ ciphermesh lab up --lab {LAB} --control-plane etcd --nodes 3 {ENCRYPTION}; }}
 step up up
@@ -70,11 +64,6 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> VmResult:
     return result
 
 
-def _step(guest: VmResult, name: str) -> None:
-    rows = {line.split()[0]: line.split()[1] for line in read(guest, "steps.txt").splitlines()}
-    assert rows.get(name) == "0", f"{name}: {read(guest, f'{name}.out')} (steps: {rows})"
-
-
 def _engines(guest: VmResult, name: str) -> list[str]:
     nodes = json.loads(read(guest, name))["nodes"]
     return [n["encryption"]["engine"] for n in nodes]
@@ -87,7 +76,7 @@ def _transfer(guest: VmResult, name: str) -> dict[str, tuple[int, int]]:
 
 
 def test_every_node_chose_kernel_wireguard(guest: VmResult) -> None:
-    _step(guest, "up")
+    check_step(guest, "up")
     assert _engines(guest, "status.json") == ["kernel"] * 3, read(guest, "status.json")
     nodes = json.loads(read(guest, "status.json"))["nodes"]
     assert all("kernel WireGuard works" in n["engineReason"] for n in nodes), read(guest, "status.json")
@@ -102,14 +91,14 @@ def test_wg_show_lists_both_peers_at_51871_with_cilium_s_fwmark(guest: VmResult)
 
 
 def test_connectivity_test_passes_on_kernel_wireguard_nodes(guest: VmResult) -> None:
-    _step(guest, "connectivity")
+    check_step(guest, "connectivity")
     out = read(guest, "connectivity.out")
     assert re.search(r"All \d+ tests passed", out), out
 
 
 def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_cilium_wg0(guest: VmResult) -> None:
-    _step(guest, "kill")
-    _step(guest, "restart")
+    check_step(guest, "kill")
+    check_step(guest, "restart")
     assert "restarted the agent of node-1" in read(guest, "restart.out"), read(guest, "restart.out")
     summary = read(guest, "ping-dead.txt")
     assert re.search(r"100 packets transmitted, 100 received, 0% packet loss", summary), summary
@@ -126,13 +115,13 @@ def test_a_sigkilled_agent_leaves_traffic_flowing_and_its_restart_adopts_cilium_
     # The pings went through cilium_wg0 while the agent was dead.
     sent = sum(tx for _, tx in dead.values()) - sum(tx for _, tx in before.values())
     assert sent > 50 * 100, (before, dead)
-    _step(guest, "down")
+    check_step(guest, "down")
 
 
 def test_kernel_and_userspace_wireguard_nodes_talk_both_ways_with_no_plaintext(guest: VmResult) -> None:
-    _step(guest, "mixed-up")
+    check_step(guest, "mixed-up")
     assert _engines(guest, "mixed-status.json") == ["kernel", "kernel", "userspace"]
-    _step(guest, "mixed-connectivity")
+    check_step(guest, "mixed-connectivity")
     out = read(guest, "mixed-connectivity.out")
     assert re.search(r"All \d+ tests passed", out), out
-    _step(guest, "mixed-down")
+    check_step(guest, "mixed-down")
