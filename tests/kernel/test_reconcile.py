@@ -10,7 +10,7 @@ import pytest
 from ciphermesh.datapath.desired import IPsecEngineState, IPsecPeer
 from ciphermesh.datapath.kernel.ipsec.layout import DROP_POLICY, plan_layout
 from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
-from ciphermesh.datapath.kernel.ipsec.reconcile import plan_changes
+from ciphermesh.datapath.kernel.ipsec.reconcile import departed_states, plan_changes
 from ciphermesh.datapath.kernel.xfrm.constants import (
     XFRM_MSG_DELPOLICY,
     XFRM_MSG_DELSA,
@@ -24,6 +24,7 @@ from ciphermesh.datapath.kernel.xfrm.requests import new_policy
 from ciphermesh.keys import parse_line
 
 LOCAL, B, C = IPv4Address("10.0.1.1"), IPv4Address("10.0.2.1"), IPv4Address("10.0.3.1")
+D = IPv4Address("10.0.4.1")
 
 
 def _peer(router: IPv4Address, cidr: str, fill: str = "a") -> IPsecPeer:
@@ -99,3 +100,76 @@ def test_an_auth_enc_key_as_the_kernel_dumps_it_is_in_step(auth: str, auth_hex: 
     assert [s.auth.trunc_bits for s in layout.states if s.auth] == [KERNEL_DEFAULT_TRUNC[auth]] * 2
     plan = plan_changes(layout, dumped, [replace(p, index=8 + n) for n, p in enumerate(layout.policies)])
     assert not plan, [r.what for r in plan.adds + plan.removes]
+
+
+def _indexed(policies: tuple[Policy, ...]) -> list[Policy]:
+    """Policies as a dump gives them back: numbered by the kernel."""
+    return [replace(p, index=8 + n) for n, p in enumerate(policies)]
+
+
+def _departed(peers: tuple[IPsecPeer, ...], held: list[State], ids: NodeIDs, key_ids: set[int]):  # type: ignore[no-untyped-def]
+    engine = IPsecEngineState(LOCAL, peers, frozenset(key_ids))
+    return plan_layout(engine, ids, departed_states(engine, held, ids))
+
+
+def test_a_peer_that_left_keeps_its_states_and_node_id_and_loses_its_policies_and_marks() -> None:
+    ids = NodeIDs()
+    b, c = _peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24")
+    both = _departed((b, c), [], ids, {3})
+    held = [_as_dumped(s) for s in both.states]
+    c_id = ids.get(C)
+    without_c = _departed((b,), held, ids, {3})
+    plan = plan_changes(without_c, held, _indexed(both.policies))
+    assert plan.adds == ()
+    assert [r.type for r in plan.removes] == [XFRM_MSG_DELPOLICY] and "10.0.3" in plan.removes[0].what
+    assert C not in without_c.steering.in_marks
+    assert IPv4Network("10.0.3.0/24") not in without_c.steering.out_marks
+    # Its node ID stays its own: a peer joining meanwhile gets another, so no two IN states share a mark.
+    assert ids.get(C) == c_id
+    _departed((b, _peer(D, "10.0.4.0/24")), held, ids, {3})
+    assert ids.get(D) not in (ids.get(B), c_id)
+
+
+def test_a_peer_that_returns_with_the_same_keys_finds_its_states_as_they_were() -> None:
+    ids = NodeIDs()
+    b, c = _peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24")
+    both = _departed((b, c), [], ids, {3})
+    held = [_as_dumped(s) for s in both.states]
+    without_c = _departed((b,), held, ids, {3})
+    # What the kernel holds once that was applied: the layout, as dumped.
+    held = [_as_dumped(s) for s in without_c.states]
+    back = _departed((b, c), held, ids, {3})
+    assert back == both
+    # Only the policy comes back: the states, and the sequence numbers they hold, are untouched.
+    plan = plan_changes(back, held, _indexed(without_c.policies))
+    assert [r.type for r in plan.adds] == [XFRM_MSG_NEWPOLICY] and plan.removes == ()
+
+
+def test_a_departed_peer_s_states_go_once_their_key_id_rotated_out() -> None:
+    ids = NodeIDs()
+    both = _departed((_peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24")), [], ids, {3})
+    held = [_as_dumped(s) for s in both.states]
+    rotated = _departed((_peer(B, "10.0.2.0/24"),), held, ids, {4})
+    plan = plan_changes(rotated, held, _indexed(both.policies))
+    assert [r.type for r in plan.removes] == [XFRM_MSG_DELPOLICY, XFRM_MSG_DELSA, XFRM_MSG_DELSA]
+    assert all("10.0.3" in r.what for r in plan.removes)
+    assert ids.get(C) is None
+
+
+def test_a_returning_peer_that_rebooted_replaces_its_kept_states() -> None:
+    ids = NodeIDs()
+    both = _departed((_peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24")), [], ids, {3})
+    held = [_as_dumped(s) for s in both.states]
+    rebooted = _departed((_peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24", fill="d")), held, ids, {3})
+    plan = plan_changes(rebooted, held, _indexed(both.policies))
+    assert [r.type for r in plan.adds] == [XFRM_MSG_DELSA, XFRM_MSG_NEWSA] * 2
+    assert all("10.0.3" in r.what for r in plan.adds)
+
+
+def test_a_state_whose_node_id_is_not_the_peer_s_is_not_kept() -> None:
+    ids = NodeIDs()
+    both = _departed((_peer(B, "10.0.2.0/24"), _peer(C, "10.0.3.0/24")), [], ids, {3})
+    held = [_as_dumped(s) for s in both.states]
+    stranger = NodeIDs({B: ids.get(B) or 0})
+    assert departed_states(IPsecEngineState(LOCAL, (_peer(B, "10.0.2.0/24"),), frozenset({3})), held,
+                           stranger) == ()

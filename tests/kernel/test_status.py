@@ -55,6 +55,16 @@ def test_peers_and_sas_come_from_the_kernel_s_states_and_keys_only_with_reveal()
     assert shown["maxSeq"] == max(s.counters.out_seq for s in held if s.src == LOCAL and s.counters)
 
 
+def test_the_kept_states_of_a_peer_that_left_are_listed_but_not_active() -> None:
+    engine = _engine()
+    held = _held(engine)
+    status = kernel_status(replace(engine, peers=engine.peers[:1]), held, {}, reveal=False)
+    assert [p["routerIP"] for p in status["peers"]] == ["10.0.2.1"]
+    assert {(sa["direction"], sa["active"]) for sa in status["sas"] if "10.0.3.1" in (sa["src"], sa["dst"])} \
+        == {("in", False), ("out", False)}
+    assert all(sa["active"] for sa in status["sas"] if "10.0.2.1" in (sa["src"], sa["dst"]))
+
+
 def test_xfrm_errors_keep_their_kernel_names_and_zeros_are_left_out() -> None:
     errors = parse_xfrm_stat("XfrmInError             \t0\nXfrmInNoStates          \t5\n"
                              "XfrmOutPolBlock         \t2\nnot a counter line\n")

@@ -107,7 +107,7 @@ def plan(
                 waiting=waiting,
             )
         )
-    engine = IPsecEngineState(local_router, tuple(engine_peers)) if mode == "ipsec" else None
+    engine = IPsecEngineState(local_router, tuple(engine_peers), frozenset(keys)) if mode == "ipsec" else None
     if mode == "ipsec" and current_key_id is None:
         waiting.append("no valid IPsec key in the secret yet")
     return DesiredDatapath(mode, tuple(vxlan_peers), tuple(remotes), engine, tuple(waiting),

@@ -82,10 +82,16 @@ class IPsecPeer:
 
 @dataclass(frozen=True)
 class IPsecEngineState:
-    """The whole desired state: the local router IP (outer source) and every peer."""
+    """The whole desired state: the local router IP (outer source), every peer, and the node's key IDs.
+
+    `key_ids` are the SPIs of every key the node holds now (current and in their grace period): a kernel
+    engine keeps the SAs of a peer that left under them, so a peer that returns with the same keys finds
+    its sequence numbers where they were.
+    """
 
     local_router_ip: IPv4Address
     peers: tuple[IPsecPeer, ...]
+    key_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.local_router_ip, IPv4Address):
@@ -95,6 +101,10 @@ class IPsecEngineState:
         peers = tuple(self.peers)
         _check_peers(self.local_router_ip, peers)
         object.__setattr__(self, "peers", peers)
+        key_ids = frozenset(self.key_ids)
+        if bad := [spi for spi in key_ids if not isinstance(spi, int) or not MIN_SPI <= spi <= MAX_SPI]:
+            raise ValueError(f"key IDs {bad!r} are not SPIs in {MIN_SPI}..{MAX_SPI}")
+        object.__setattr__(self, "key_ids", key_ids)
 
 
 def _check_spi(router_ip: IPv4Address, direction: str, spi: object) -> None:

@@ -18,10 +18,10 @@ from pyroute2 import IPRoute
 
 from ciphermesh.datapath.desired import DesiredDatapath, IPsecEngineState
 from ciphermesh.datapath.engine import EngineKind
-from ciphermesh.datapath.kernel.ipsec.layout import is_ours, plan_layout
+from ciphermesh.datapath.kernel.ipsec.layout import is_ours, peer_of, plan_layout
 from ciphermesh.datapath.kernel.ipsec.marks import node_id_of
 from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
-from ciphermesh.datapath.kernel.ipsec.reconcile import plan_changes
+from ciphermesh.datapath.kernel.ipsec.reconcile import departed_states, plan_changes
 from ciphermesh.datapath.kernel.ipsec.routes import reconcile_ipsec_routing
 from ciphermesh.datapath.kernel.ipsec.status import kernel_status, read_xfrm_stat
 from ciphermesh.datapath.kernel.ipsec.steering import Steering, apply_steering
@@ -42,8 +42,7 @@ def restored_node_ids(states: list[State], local: IPv4Address) -> dict[IPv4Addre
     found: dict[IPv4Address, int] = {}
     for state in states:
         node_id = node_id_of(state.mark) if is_ours(state) and state.mark is not None else None
-        peer = state.src if state.dst == local else state.dst
-        if node_id is not None and isinstance(peer, IPv4Address):
+        if node_id is not None and (peer := peer_of(state, local)) is not None:
             found.setdefault(peer, node_id)
     return found
 
@@ -88,7 +87,7 @@ class KernelIPsec:
         states, policies = self._xfrm.states(), self._xfrm.policies()
         if self._node_ids is None:
             self._node_ids = NodeIDs(restored_node_ids(states, engine.local_router_ip))
-        layout = plan_layout(engine, self._node_ids)
+        layout = plan_layout(engine, self._node_ids, departed_states(engine, states, self._node_ids))
         plan = plan_changes(layout, states, policies)
         self._xfrm.apply(plan.adds)
         if time.monotonic() - self._checked > CACHE_SECONDS:

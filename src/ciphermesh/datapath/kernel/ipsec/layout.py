@@ -72,11 +72,22 @@ def _state(src: IPv4Address, dst: IPv4Address, spi: int, key: KeyLine, marks_: t
                    crypt=Cipher(material.enc_algo, material.enc_key))
 
 
-def plan_layout(engine: IPsecEngineState, node_ids: NodeIDs) -> XfrmLayout:
-    """The layout for `engine`; `node_ids` gains an ID for each new peer and forgets the ones gone."""
-    node_ids.keep_only(peer.router_ip for peer in engine.peers)
+def peer_of(state: State, local: IPv4Address) -> IPv4Address | None:
+    """The other end of a state of the node with router IP `local`; None for a state not of this node."""
+    other = state.src if state.dst == local else state.dst if state.src == local else None
+    return other if isinstance(other, IPv4Address) else None
+
+
+def plan_layout(engine: IPsecEngineState, node_ids: NodeIDs, kept: tuple[State, ...] = ()) -> XfrmLayout:
+    """The layout for `engine`, holding the `kept` states of peers gone as they are (no policy, no mark).
+
+    `node_ids` gains an ID for each new peer and forgets the ones gone, except the kept ones': their
+    states carry that ID in their marks, and a peer that returns must find the same states.
+    """
     local = engine.local_router_ip
-    states: list[State] = []
+    node_ids.keep_only([*(peer.router_ip for peer in engine.peers),
+                        *(end for state in kept if (end := peer_of(state, local)) is not None)])
+    states: list[State] = list(kept)
     policies: list[Policy] = [DROP_POLICY, IN_POLICY, FWD_POLICY]
     out_marks: dict[IPv4Network, int] = {}
     in_marks: dict[IPv4Address, int] = {}

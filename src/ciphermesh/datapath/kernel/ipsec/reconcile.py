@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ciphermesh.datapath.kernel.ipsec.layout import DROP_POLICY, XfrmLayout, is_ours
+from ciphermesh.datapath.desired import IPsecEngineState
+from ciphermesh.datapath.kernel.ipsec.layout import DROP_POLICY, XfrmLayout, is_ours, peer_of
+from ciphermesh.datapath.kernel.ipsec.marks import node_id_of
+from ciphermesh.datapath.kernel.ipsec.node_ids import NodeIDs
 from ciphermesh.datapath.kernel.xfrm.model import Policy, PolicyId, State, StateId
 from ciphermesh.datapath.kernel.xfrm.requests import (
     Request,
@@ -34,6 +37,26 @@ class XfrmPlan:
 def _settings(state: State) -> State:
     """A state as configured: what the kernel reports beside it (selector, counters) set aside."""
     return replace(state, selector=None, counters=None)
+
+
+def departed_states(engine: IPsecEngineState, states: list[State], node_ids: NodeIDs) -> tuple[State, ...]:
+    """The kernel's states of peers no longer in `engine` that stay: their SPI is one of the node's keys.
+
+    A peer that left (its lease lapsed, its agent dead) and returns with the same boot ID gets the same
+    per-tunnel keys: new states would start its sequence numbers at 1 under a key already used, which
+    repeats (key, IV) pairs and makes the far side's kept replay window drop the packets. Kept, their
+    counters carry on. They go when their SPI rotates out; a peer that rebooted replaces them (new key).
+    A state whose mark does not carry the peer's known node ID goes: its ID could be handed out again.
+    """
+    local, present = engine.local_router_ip, {peer.router_ip for peer in engine.peers}
+    kept = []
+    for state in states:
+        peer = peer_of(state, local)
+        if (peer is None or peer in present or state.spi not in engine.key_ids or not is_ours(state)
+                or state.mark is None or node_id_of(state.mark) != node_ids.get(peer)):
+            continue
+        kept.append(_settings(state))
+    return tuple(kept)
 
 
 def _policy_settings(policy: Policy) -> Policy:

@@ -74,9 +74,11 @@ def kernel_status(engine: IPsecEngineState | None, states: list[State], errors: 
             "packetsIn": sum(s.counters.packets for s in inbound if s.counters),
             "bytesIn": sum(s.counters.bytes for s in inbound if s.counters),
         })
-    active_out = {(p["routerIP"], p["outSPI"]) for p in peers}
+    # A departed peer's states are kept (reconcile.departed_states) but carry nothing: not active.
+    carrying = {(p["routerIP"], p["outSPI"]) for p in peers} | {(p["routerIP"], None) for p in peers}
     sas = [{"direction": "in" if s.dst == local else "out", "src": str(s.src), "dst": str(s.dst),
-            "spi": s.spi, "active": s.dst == local or (str(s.dst), s.spi) in active_out,
+            "spi": s.spi, "active": (str(s.src), None) in carrying if s.dst == local
+            else (str(s.dst), s.spi) in carrying,
             "key": key_line(s, reveal=reveal)} for s in ours]
     shown = {name: value for name, value in sorted(errors.items()) if value}
     return {
