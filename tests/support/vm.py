@@ -48,8 +48,7 @@ def steps(result: VmResult) -> dict[str, tuple[int, float]]:
     return {row[0]: (int(row[1]), float(row[2])) for row in rows if len(row) == 3}
 
 
-def check_step(result: VmResult, name: str, output: str | None = None) -> None:
-    """Fail, quoting the step's output (`output`, or NAME.out), unless the step ran and exited 0."""
+def check_step(result: VmResult, name: str) -> None:
+    """Fail, quoting the step's output (NAME.out), unless the step ran and exited 0."""
     recorded = steps(result)
-    assert recorded.get(name, (None,))[0] == 0, \
-        f"{name}: {read(result, output or f'{name}.out')} (steps: {recorded})"
+    assert recorded.get(name, (None,))[0] == 0, f"{name}: {read(result, f'{name}.out')} (steps: {recorded})"

@@ -75,10 +75,11 @@ def kernel_status(engine: IPsecEngineState | None, states: list[State], errors: 
             "bytesIn": sum(s.counters.bytes for s in inbound if s.counters),
         })
     # A departed peer's states are kept (reconcile.departed_states) but carry nothing: not active.
-    carrying = {(p["routerIP"], p["outSPI"]) for p in peers} | {(p["routerIP"], None) for p in peers}
+    present = {p["routerIP"] for p in peers}
+    active_out = {(p["routerIP"], p["outSPI"]) for p in peers}
     sas = [{"direction": "in" if s.dst == local else "out", "src": str(s.src), "dst": str(s.dst),
-            "spi": s.spi, "active": (str(s.src), None) in carrying if s.dst == local
-            else (str(s.dst), s.spi) in carrying,
+            "spi": s.spi,
+            "active": str(s.src) in present if s.dst == local else (str(s.dst), s.spi) in active_out,
             "key": key_line(s, reveal=reveal)} for s in ours]
     shown = {name: value for name, value in sorted(errors.items()) if value}
     return {
