@@ -339,6 +339,25 @@ def test_a_restarted_agent_keeps_its_pod_cidr(store: Store) -> None:
         new.close()
 
 
+def test_a_lapsed_record_holds_exactly_the_pod_cidrs_its_next_registration_brings_back(store: Store) -> None:
+    """What IPAM must not hand out again: a kept record (a CiliumNode) comes back with its CIDRs, one gone
+    with its lease (etcd) with none."""
+    old = store.register_node(_node("node-1"), ttl=2)
+    node = store.get_node("node-1")
+    assert node is not None and store.assign_pod_cidr(node, "10.0.7.0/24") is not None
+    assert store.held_pod_cidrs() == {"node-1": ("10.0.7.0/24",)}
+    old.close(revoke=False)
+    wait_until(lambda: store.get_node("node-1") is None, 15, "the node to lapse")
+    held = store.held_pod_cidrs()
+    assert held in ({}, {"node-1": ("10.0.7.0/24",)})
+    new = store.register_node(_node("node-1", boot_id="boot-again"))
+    try:
+        assert new.node.pod_cidrs == held.get("node-1", ())
+    finally:
+        new.close()
+    assert store.held_pod_cidrs() == {}
+
+
 def test_a_restarted_agent_s_record_keeps_what_its_peers_route_by_until_it_updates_it(store: Store) -> None:
     old = store.register_node(_node("node-1"))
     node = store.get_node("node-1")

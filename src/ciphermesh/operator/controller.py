@@ -1,8 +1,9 @@
 """The operator's IPAM loop: give every node a pod CIDR from the cluster pool, in the node's own
 record, and write why into a node's record when it cannot have one.
 
-Level-triggered: each pass reads every node afresh; the CIDRs in use are those the records hold, so a
-node that is gone has released its CIDR. Each write is a compare-and-swap on one node record, which
+Level-triggered: each pass reads every node afresh; the CIDRs in use are those the records hold, live
+or lapsed (a kept record comes back with its CIDRs: `Store.held_pod_cidrs`), so a node whose record is
+gone has released its CIDR. Each write is a compare-and-swap on one node record, which
 keeps a node from getting two CIDRs; that no CIDR goes to two nodes needs one allocator at a time, so
 several operators may run but only the leader allocates (as Cilium's operator, by leader election).
 """
@@ -59,12 +60,16 @@ def _natural(name: str) -> tuple[object, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def _ipv4_cidr(node: Node) -> IPv4Network | None:
-    for cidr in node.pod_cidrs:
+def _ipv4_of(cidrs: tuple[str, ...]) -> IPv4Network | None:
+    for cidr in cidrs:
         network = ipaddress.ip_network(cidr)
         if isinstance(network, IPv4Network):
             return network
     return None
+
+
+def _ipv4_cidr(node: Node) -> IPv4Network | None:
+    return _ipv4_of(node.pod_cidrs)
 
 
 class IPAMController:
@@ -77,17 +82,20 @@ class IPAMController:
     def reconcile(self) -> PassReport:
         report = PassReport()
         nodes = sorted(self._store.list_nodes(), key=lambda n: _natural(n.value.name))
-        # What is allocated is what the node records hold: a node that is gone has freed its CIDR.
-        owners: dict[IPv4Network, str] = {}
+        # Read after the live nodes, so that a record lapsing in between still counts as holding its CIDR.
+        held = {name: c for name, cidrs in self._store.held_pod_cidrs().items() if (c := _ipv4_of(cidrs))}
         for node in nodes:
-            cidr = _ipv4_cidr(node.value)
-            if cidr is not None:
-                owners.setdefault(cidr, node.value.name)
+            if (cidr := _ipv4_cidr(node.value)) is not None:
+                held.setdefault(node.value.name, cidr)
+        owners: dict[IPv4Network, str] = {}
+        for name in sorted(held, key=_natural):
+            owners.setdefault(held[name], name)
         taken = set(owners)
         for node in nodes:
             cidr = _ipv4_cidr(node.value)
             if cidr is not None:
-                self._confirm(node, cidr, owners[cidr], report)
+                # Absent if the record changed between the two reads: the write then loses its CAS.
+                self._confirm(node, cidr, owners.get(cidr, node.value.name), report)
             else:
                 self._assign(node, taken, report)
         return report

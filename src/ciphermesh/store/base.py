@@ -109,6 +109,10 @@ class Backend(Protocol):
 
     def list_nodes(self) -> list[Versioned[Node]]: ...
 
+    def held_pod_cidrs(self) -> dict[str, tuple[str, ...]]:
+        """The pod CIDRs of every node record kept, live or lapsed: a lapsed record that is kept (a
+        CiliumNode outlives its agent) comes back with them, so they are not free."""
+
     def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
         """Replace an existing node record if it is still at `expect`, keeping it alive; None if it
         changed or is gone (a write never brings a node back)."""

@@ -69,6 +69,10 @@ class Store:
     def list_nodes(self) -> list[Versioned[Node]]:
         return self.backend.list_nodes()
 
+    def held_pod_cidrs(self) -> dict[str, tuple[str, ...]]:
+        """Node name -> the pod CIDRs its record holds, its agent live or not (what IPAM must not reuse)."""
+        return self.backend.held_pod_cidrs()
+
     def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
         """Compare-and-swap one node record; None if it changed since `expect` or is gone."""
         return self.backend.write_node(node, expect)

@@ -53,6 +53,10 @@ class EtcdBackend:
             kvs = self.client.get_prefix(self.keys.nodes).kvs
         return versioned_all(kvs, Node.from_json)
 
+    def held_pod_cidrs(self) -> dict[str, tuple[str, ...]]:
+        # A node record lives under its agent's lease: once that lapses, nothing of it is kept.
+        return {v.value.name: v.value.pod_cidrs for v in self.list_nodes() if v.value.pod_cidrs}
+
     def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
         key = self.keys.node(node.name)
         with store_errors():

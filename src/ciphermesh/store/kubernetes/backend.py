@@ -39,7 +39,7 @@ from ciphermesh.store.kubernetes.objects import (
     secret_object,
     secrets,
 )
-from ciphermesh.store.kubernetes.watch import iter_live_nodes, watch_nodes, watch_objects
+from ciphermesh.store.kubernetes.watch import iter_live_nodes, versioned_node, watch_nodes, watch_objects
 from ciphermesh.store.model import KeySecret, Node, OperatorRecord
 from ciphermesh.store.stream import EventStream
 
@@ -83,6 +83,17 @@ class KubernetesBackend:
         listed = self.api.request("GET", leases(NODE_LEASE_NAMESPACE), params=_NODE_LEASES).get("items") or []
         by_node = {name_of(lease).removeprefix(NODE_LEASE_PREFIX): lease for lease in listed}
         return [Versioned(node, rev) for node, rev in iter_live_nodes(objects, by_node)]
+
+    def held_pod_cidrs(self) -> dict[str, tuple[str, ...]]:
+        # Every CiliumNode, its Lease live or not: it stays until its Node goes (node GC), and its agent's
+        # next registration carries its pod CIDRs over, as Cilium's allocation follows the CiliumNode.
+        objects = self.api.request("GET", CILIUM_NODES).get("items") or []
+        held: dict[str, tuple[str, ...]] = {}
+        for obj in objects:
+            found = versioned_node(obj)
+            if found is not None and found[0].pod_cidrs:
+                held[found[0].name] = found[0].pod_cidrs
+        return held
 
     def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
         path = f"{CILIUM_NODES}/{node.name}"

@@ -285,7 +285,7 @@ def watch_nodes(api: KubeClient, name: str | None) -> EventStream[StoreEvent[Nod
             if isinstance(item, Listed):
                 view.listed.add(item.source)
                 if item.source == "nodes":
-                    view.nodes = {n: _versioned_node(o) for n, o in item.objects.items()}
+                    view.nodes = {n: versioned_node(o) for n, o in item.objects.items()}
                 else:
                     view.leases = {n.removeprefix(NODE_LEASE_PREFIX): o for n, o in item.objects.items()}
             elif isinstance(item, Changed):
@@ -298,7 +298,7 @@ def watch_nodes(api: KubeClient, name: str | None) -> EventStream[StoreEvent[Nod
     return EventStream(f"store-watch nodes {name or ''}".strip(), produce, producer.stop)
 
 
-def _versioned_node(obj: JSONObject) -> tuple[Node, Revision] | None:
+def versioned_node(obj: JSONObject) -> tuple[Node, Revision] | None:
     node = _parse(obj, node_of, "CiliumNode")
     return (node, revision_of(obj)) if node is not None else None
 
@@ -315,7 +315,7 @@ def _apply(view: _NodeView, item: Changed) -> None:
     if item.kind == "DELETED":
         view.nodes.pop(name, None)
         return
-    view.nodes[name] = _versioned_node(item.obj)
+    view.nodes[name] = versioned_node(item.obj)
     if not lease_live(view.leases.get(name), now()):
         view.lease_now(name)
 
@@ -334,6 +334,6 @@ def iter_live_nodes(
     """The parsed CiliumNodes whose Lease is live (malformed ones logged and skipped)."""
     at = now()
     for obj in cilium_nodes:
-        versioned = _versioned_node(obj)
+        versioned = versioned_node(obj)
         if versioned is not None and lease_live(node_leases.get(versioned[0].name), at):
             yield versioned
