@@ -11,7 +11,6 @@ import os
 import random
 import socket
 import struct
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabInfo, agent_status, load_lab
-from ciphermesh.lab.names import underlay_netns
 from ciphermesh.lab.pod_registry import PodRecord, get_pod
 from tests.support.lab import (
     IPSEC,
@@ -31,7 +29,6 @@ from tests.support.lab import (
     ping,
     pod_cidrs,
     run_cli,
-    wait_for_line,
 )
 from tests.support.names import unique_lab
 from tests.support.wait import wait_until
@@ -64,19 +61,6 @@ def two_nodes(request: pytest.FixtureRequest) -> Iterator[tuple[LabInfo, PodReco
             created = run_cli("lab", "pod", "run", pod, "--name", name, "--node", node)
             assert created.returncode == 0, created.stderr
         yield info, get_pod(info, "a"), get_pod(info, "b")
-
-
-class FloodCapture(UnderlayCapture):
-    """The underlay capture with a 64 MB kernel buffer: tcpdump must drop nothing of a flood."""
-
-    def __init__(self, lab: str, path: Path) -> None:
-        self.path = path
-        self.dropped = None
-        argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-B", "65536", "-i", "br0",
-                "-w", str(path)]
-        self.process = netns.popen(underlay_netns(lab), argv, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-        wait_for_line(self.process, b"listening on", 5.0)
 
 
 def _engine(info: LabInfo, node: str) -> dict[str, Any]:
@@ -144,7 +128,7 @@ def test_random_esp_at_the_ipsec_engine_is_counted_by_name(
 ) -> None:
     info, a, b = two_nodes
     routers = {node: _engine(info, node)["localRouterIP"] for node in ("node-1", "node-2")}
-    with FloodCapture(info.name, tmp_path / "underlay.pcap") as capture:
+    with UnderlayCapture(info.name, tmp_path / "underlay.pcap") as capture:
         with netns.entered(info.netns_of("node-1")):
             forger = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ESP)
         with forger:
@@ -166,7 +150,7 @@ def test_random_udp_at_cilium_wg0_is_counted_by_name(
     two_nodes: tuple[LabInfo, PodRecord, PodRecord], tmp_path: Path
 ) -> None:
     info, a, b = two_nodes
-    with FloodCapture(info.name, tmp_path / "underlay.pcap") as capture:
+    with UnderlayCapture(info.name, tmp_path / "underlay.pcap") as capture:
         with netns.entered(info.netns_of("node-1")):
             sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sender:

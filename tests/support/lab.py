@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ciphermesh.cli.main import main
+from ciphermesh.lab import capture as lab_capture
 from ciphermesh.lab import netns
-from ciphermesh.lab.capture import CAPTURE_BUFFER_KIB
 from ciphermesh.lab.cluster import LabInfo, load_lab
 from ciphermesh.lab.down import lab_down
-from ciphermesh.lab.names import is_lab_netns, underlay_netns
+from ciphermesh.lab.names import is_lab_netns
 from ciphermesh.lab.pod_registry import PodRecord, get_pod
 from ciphermesh.lab.processes import pid_alive, read_pidfile
 from ciphermesh.lab.state import LabPaths
@@ -114,42 +114,27 @@ def wait_for_line(process: subprocess.Popen[bytes], marker: bytes, timeout: floa
 
 
 class UnderlayCapture:
-    """tcpdump on the underlay bridge into a pcap, listening before the block sends anything."""
+    """The lab's underlay capture for a block: listening before it sends, drained of its tail at stop."""
 
-    def __init__(self, lab: str, path: Path) -> None:
+    def __init__(self, lab: str, path: Path, snaplen: int = 0) -> None:
         self.path = path
-        self.dropped: re.Match[bytes] | None = None
-        # -Z root: tcpdump would otherwise switch to its own user and could not write into tmp_path.
-        # --immediate-mode: else packets still in the kernel's ring block at SIGINT are never written.
-        # -B: the default 2 MiB ring dropped packets under CI load; a capture that drops proves no absence.
-        argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-B", str(CAPTURE_BUFFER_KIB),
-                "-i", "br0", "-w", str(path)]
-        self.process = netns.popen(
-            underlay_netns(lab), argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        wait_for_line(self.process, b"listening on", 5.0)
-
-    def _end(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                _, err = self.process.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                _, err = self.process.communicate()
-            self.dropped = re.search(rb"(\d+) packets? dropped by kernel", err)
+        self._capture = lab_capture.UnderlayCapture(lab, path, snaplen)
+        self._capture.start()
 
     def stop(self) -> bytes:
         """Stop tcpdump; the pcap, once tcpdump has said it dropped nothing (else it proves no absence)."""
-        self._end()
-        assert self.dropped is not None and int(self.dropped.group(1)) == 0, self.dropped
+        stats = self._capture.stop()
+        dropped = stats.dropped_by_kernel
+        assert dropped == 0, f"tcpdump dropped {dropped}: the capture proves nothing"
         return self.path.read_bytes()
 
     def __enter__(self) -> UnderlayCapture:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._end()
+        if self._capture.running:
+            with contextlib.suppress(lab_capture.CaptureError):
+                self._capture.stop()
 
 
 def analyse(capture: UnderlayCapture, pod_cidrs: Sequence[IPv4Network]) -> WireReport:

@@ -21,12 +21,12 @@ from ciphermesh.config import load_values
 from ciphermesh.lab import netns
 from ciphermesh.lab.cluster import LabInfo, lab_up, pod_cidr_of
 from ciphermesh.lab.down import lab_down
-from ciphermesh.lab.names import underlay_netns
 from ciphermesh.lab.pod_registry import PodRecord, run_pod
 from ciphermesh.lab.rotation_progress import RotationTimeline, follow_rotation
 from ciphermesh.lab.wire import WireReport, analyse_capture
 from ciphermesh.pcap import build_pcap, parse_pcap
 from tests.support.cluster import IPSEC, ciphermesh
+from tests.support.lab import UnderlayCapture
 from tests.support.names import unique_lab
 
 PING_INTERVAL = "0.01"
@@ -240,49 +240,18 @@ def tcp_stream(lab: RotationLab, src: str, dst: str) -> Iterator[TcpStream]:
         stream.kill()
 
 
-class UnderlayTap:
-    """tcpdump on the underlay bridge with a 64 MiB buffer: on this shared 2-core machine the default
-    2 MiB overflowed under 10 ms pings from every pod, and a capture that drops proves no absence."""
+class UnderlayTap(UnderlayCapture):
+    """The lab's underlay capture into the rotation lab's tmp dir, named for what it holds."""
 
     def __init__(self, lab: RotationLab, name: str, snaplen: int) -> None:
-        self.path = lab.tmp / f"{name}.pcap"
-        self._lab = lab
-        self._argv = ["tcpdump", "-n", "-i", "br0", "--immediate-mode", "-U", "-B", "65536",
-                      "-s", str(snaplen), "-w", str(self.path)]
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = netns.popen(underlay_netns(self._lab.name), self._argv, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
-        assert self._proc.stderr is not None
-        first = self._proc.stderr.readline()
-        assert b"listening on" in first, first
-
-    def stop(self) -> bytes:
-        """Stop tcpdump; the capture, once tcpdump says the kernel dropped nothing."""
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGINT)
-        _, err = self._proc.communicate(timeout=30)
-        dropped = re.search(rb"(\d+) packets? dropped by kernel", err)
-        assert dropped is not None, err
-        assert int(dropped.group(1)) == 0, f"tcpdump: {dropped.group(0).decode()}; the capture proves nothing"
-        return self.path.read_bytes()
-
-    def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.communicate()
+        super().__init__(lab.name, lab.tmp / f"{name}.pcap", snaplen)
 
 
 @contextlib.contextmanager
 def underlay_tap(lab: RotationLab, name: str, snaplen: int = 0) -> Iterator[UnderlayTap]:
     """A running capture for the block (snaplen 0: whole frames; 160 bytes hold every header we read)."""
-    tap = UnderlayTap(lab, name, snaplen)
-    try:
-        tap.start()
+    with UnderlayTap(lab, name, snaplen) as tap:
         yield tap
-    finally:
-        tap.kill()
 
 
 def since(pcap: bytes, wall_time: float) -> bytes:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import select
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,11 +18,15 @@ from pathlib import Path
 
 from ciphermesh.lab import netns
 from ciphermesh.lab.names import underlay_netns
+from ciphermesh.lab.pace import scaled
 
 UNDERLAY_BRIDGE = "br0"
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 CAPTURE_BUFFER_KIB = 65536
+# IEEE 802 local experimental EtherType: the end marker is a frame every node's stack drops unread.
+END_MARKER_ETHERTYPE = 0x88B5
+_POLL = 0.02
 _COUNT = re.compile(rb"^(\d+) packets? (captured|received by filter|dropped by kernel)", re.MULTILINE)
 
 
@@ -41,9 +48,10 @@ class CaptureStats:
 class UnderlayCapture:
     """One tcpdump process on `br0` of the lab's underlay namespace."""
 
-    def __init__(self, lab: str, path: Path) -> None:
+    def __init__(self, lab: str, path: Path, snaplen: int = 0) -> None:
         self.lab = lab
         self.path = path
+        self.snaplen = snaplen
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr = b""
 
@@ -52,7 +60,7 @@ class UnderlayCapture:
         # --immediate-mode: without it packets still in the kernel's ring block are lost at SIGINT.
         # -B: a 64 MiB ring, so a busy 2-core machine drops fewer packets (a drop fails the verdict).
         argv = ["tcpdump", "-n", "-i", UNDERLAY_BRIDGE, "--immediate-mode", "-U", "-Z", "root",
-                "-B", str(CAPTURE_BUFFER_KIB), "-s", "0", "-w", str(self.path)]
+                "-B", str(CAPTURE_BUFFER_KIB), "-s", str(self.snaplen), "-w", str(self.path)]
         try:
             self._process = netns.popen(underlay_netns(self.lab), argv, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -88,11 +96,44 @@ class UnderlayCapture:
         lines = [line for line in self._stderr.decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else ""
 
+    def _send_end_marker(self, token: bytes) -> None:
+        with netns.entered(underlay_netns(self.lab)):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        with sock:
+            sock.bind((UNDERLAY_BRIDGE, 0))
+            mac = sock.getsockname()[4]
+            sock.send(b"\xff" * 6 + mac + struct.pack("!H", END_MARKER_ETHERTYPE) + token)
+
+    def _drain(self, timeout: float) -> bool:
+        """Send an end marker out of `br0` and wait until tcpdump has written it; False if it never did.
+
+        tcpdump stops at SIGINT without reading what is still in its ring, so the last packets of the
+        traffic would be missing; the kernel hands packets over in order, so once the marker is in the
+        file everything sent before it is too.
+        """
+        token = b"cm-capture-end " + secrets.token_hex(15).encode()
+        try:
+            self._send_end_marker(token)
+        except (OSError, netns.NetnsError):
+            return False
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with open(self.path, "rb") as pcap:
+            while time.monotonic() < deadline and self.running:
+                pcap.seek(max(0, seen - len(token)))
+                tail = pcap.read()
+                if token in tail:
+                    return True
+                seen = max(seen, pcap.tell())
+                time.sleep(_POLL)
+        return False
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> CaptureStats:
-        """SIGINT tcpdump, wait for it to flush and exit (kill it if it will not); its counts."""
+        """Drain tcpdump, SIGINT it, wait for it to flush and exit (kill it if it will not); its counts."""
         process = self._process
         if process is None:
             raise CaptureError("the capture was never started")
+        drained = not self.running or self._drain(scaled(timeout))
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
         try:
@@ -105,6 +146,9 @@ class UnderlayCapture:
         counts = {kind: int(number) for number, kind in _COUNT.findall(self._stderr)}
         if b"captured" not in counts:
             raise CaptureError(f"tcpdump exited {process.returncode}: {self._last_line() or 'no output'}")
+        if not drained:
+            raise CaptureError(f"tcpdump did not write the end marker within {scaled(timeout):g} s: "
+                               "the capture may lack the last packets")
         return CaptureStats(counts[b"captured"], counts.get(b"dropped by kernel", 0))
 
     @property
