@@ -5,8 +5,7 @@ gave two nodes 10.0.0.0/24 this way)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +15,7 @@ from ciphermesh.store.kubernetes.objects import NODES
 from ciphermesh.store.model import Node
 from ciphermesh.store.store import Store
 from tests.support.kube import KubeCluster
+from tests.support.wait import wait_until
 
 DEADLINE = 60.0
 TTL = 2
@@ -45,13 +45,6 @@ def agent_node(index: int) -> Node:
     return Node(name=f"node-{index}", node_ip=f"192.0.2.{index}", boot_id=f"boot-{index}")
 
 
-def wait_for(what: str, condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {DEADLINE:g} s: {what}"
-        time.sleep(0.1)
-
-
 def test_a_lapsed_node_keeps_its_cidr_and_a_node_joining_meanwhile_gets_another(
     store: Store, operator: None
 ) -> None:
@@ -62,7 +55,7 @@ def test_a_lapsed_node_keeps_its_cidr_and_a_node_joining_meanwhile_gets_another(
     one = store.register_node(agent_node(1), ttl=TTL)
     assert one.wait_for_pod_cidrs(DEADLINE) == ("10.0.0.0/24",)
     one.close(revoke=False)  # the agent dies: its Lease lapses, its CiliumNode stays
-    wait_for("node-1 to lapse", lambda: store.get_node("node-1") is None)
+    wait_until(lambda: store.get_node("node-1") is None, DEADLINE, "node-1 to lapse")
     assert store.held_pod_cidrs() == {"node-1": ("10.0.0.0/24",)}
     two = store.register_node(agent_node(2), ttl=TTL)
     back = None

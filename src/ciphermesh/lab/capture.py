@@ -124,7 +124,7 @@ class UnderlayCapture:
                 tail = pcap.read()
                 if token in tail:
                     return True
-                seen = max(seen, pcap.tell())
+                seen = pcap.tell()
                 time.sleep(_POLL)
         return False
 

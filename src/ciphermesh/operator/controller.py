@@ -60,16 +60,12 @@ def _natural(name: str) -> tuple[object, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def _ipv4_of(cidrs: tuple[str, ...]) -> IPv4Network | None:
+def _ipv4_cidr(cidrs: tuple[str, ...]) -> IPv4Network | None:
     for cidr in cidrs:
         network = ipaddress.ip_network(cidr)
         if isinstance(network, IPv4Network):
             return network
     return None
-
-
-def _ipv4_cidr(node: Node) -> IPv4Network | None:
-    return _ipv4_of(node.pod_cidrs)
 
 
 class IPAMController:
@@ -83,16 +79,16 @@ class IPAMController:
         report = PassReport()
         nodes = sorted(self._store.list_nodes(), key=lambda n: _natural(n.value.name))
         # Read after the live nodes, so that a record lapsing in between still counts as holding its CIDR.
-        held = {name: c for name, cidrs in self._store.held_pod_cidrs().items() if (c := _ipv4_of(cidrs))}
+        held = {name: c for name, cidrs in self._store.held_pod_cidrs().items() if (c := _ipv4_cidr(cidrs))}
         for node in nodes:
-            if (cidr := _ipv4_cidr(node.value)) is not None:
+            if (cidr := _ipv4_cidr(node.value.pod_cidrs)) is not None:
                 held.setdefault(node.value.name, cidr)
         owners: dict[IPv4Network, str] = {}
         for name in sorted(held, key=_natural):
             owners.setdefault(held[name], name)
         taken = set(owners)
         for node in nodes:
-            cidr = _ipv4_cidr(node.value)
+            cidr = _ipv4_cidr(node.value.pod_cidrs)
             if cidr is not None:
                 # Absent if the record changed between the two reads: the write then loses its CAS.
                 self._confirm(node, cidr, owners.get(cidr, node.value.name), report)

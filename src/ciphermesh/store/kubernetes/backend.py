@@ -88,12 +88,8 @@ class KubernetesBackend:
         # Every CiliumNode, its Lease live or not: it stays until its Node goes (node GC), and its agent's
         # next registration carries its pod CIDRs over, as Cilium's allocation follows the CiliumNode.
         objects = self.api.request("GET", CILIUM_NODES).get("items") or []
-        held: dict[str, tuple[str, ...]] = {}
-        for obj in objects:
-            found = versioned_node(obj)
-            if found is not None and found[0].pod_cidrs:
-                held[found[0].name] = found[0].pod_cidrs
-        return held
+        nodes = (found[0] for obj in objects if (found := versioned_node(obj)) is not None)
+        return {node.name: node.pod_cidrs for node in nodes if node.pod_cidrs}
 
     def write_node(self, node: Node, expect: Revision) -> Versioned[Node] | None:
         path = f"{CILIUM_NODES}/{node.name}"
